@@ -1,0 +1,32 @@
+//! What the VMM needs to build a VM. Validation of user-facing
+//! configuration files happens in the shim; this is the checked result.
+
+use std::path::PathBuf;
+
+/// A microVM to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Uncompressed ELF `vmlinux` with a PVH entry point.
+    pub kernel: PathBuf,
+    /// Initramfs (compressed cpio), if any.
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line; the VMM adds what its devices need.
+    pub kernel_params: String,
+    /// Number of vCPUs (1..=32).
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Where the guest serial console goes; `None` discards it.
+    pub serial_log: Option<PathBuf>,
+    /// The virtio-vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// virtio-vsock with the hybrid unix-socket backend: host-initiated
+/// connections are `CONNECT <port>\n` on `uds_path`; guest-initiated
+/// connections to host port P go to `<uds_path>_P`.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
