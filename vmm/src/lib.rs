@@ -6,7 +6,12 @@
 //! own (the shim re-executes itself), never inside the process that talks
 //! to containerd: everything here treats the guest as hostile.
 
+pub mod arch;
 pub mod config;
+pub mod devices;
+pub mod event_loop;
+mod vmm;
+pub mod vstate;
 
 pub use config::{VmConfig, VsockConfig};
 
@@ -41,7 +46,10 @@ pub enum VmExit {
 
 /// Current CLOCK_MONOTONIC in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -50,17 +58,4 @@ pub fn monotonic_ns() -> u64 {
 /// Receives [`VmEvent`]s; called from vCPU threads, so it must be quick.
 pub type EventSink = std::sync::Arc<dyn Fn(VmEvent) + Send + Sync>;
 
-/// Everything that can stop a VM from being built or from running.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Todo(String),
-}
-
-/// Build the VM described by `config`, run it until the guest resets or the
-/// process gets SIGTERM/SIGINT, and tear it down (vCPU threads joined,
-/// sockets removed). Blocks the calling thread.
-pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
-    let _ = (config, events);
-    Err(Error::Todo("the VMM is being written".into()))
-}
+pub use vmm::{run_vm, Error};

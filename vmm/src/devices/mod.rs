@@ -1,0 +1,5 @@
+//! Emulated devices: buses, legacy PC devices, virtio.
+
+pub mod bus;
+pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,174 @@
+//! vCPU threads: each runs KVM_RUN and routes port and MMIO exits to the
+//! buses. The guest controls every exit; none of them may panic the VMM.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{cpuid, regs};
+use crate::devices::bus::{lock, Bus};
+use crate::{monotonic_ns, EventSink, VmEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {id}: {source}")]
+    Create { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot set CPUID on vCPU {id}: {source}")]
+    Cpuid { id: u8, source: kvm_ioctls::Error },
+    #[error("vCPU {id}: {source}")]
+    Regs { id: u8, source: regs::RegsError },
+    #[error("cannot start the vCPU {id} thread: {source}")]
+    Spawn { id: u8, source: std::io::Error },
+}
+
+/// Why the VM must stop, as seen from a vCPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// The guest reset or shut down the machine.
+    GuestReset,
+    /// KVM reported something the VMM cannot continue from.
+    Failed(String),
+}
+
+/// What all vCPU threads share.
+pub struct VcpuShared {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub events: EventSink,
+    /// Written when a vCPU wants the VM to stop; the event loop watches it.
+    pub exit_evt: EventFd,
+    /// The first stop reason reported, if a vCPU reported one.
+    pub stop_reason: Mutex<Option<VcpuStop>>,
+    /// Set by the event loop when the VM is going down.
+    pub stopping: AtomicBool,
+}
+
+impl VcpuShared {
+    fn request_stop(&self, reason: VcpuStop) {
+        lock(&self.stop_reason).get_or_insert(reason);
+        let _ = self.exit_evt.write(1);
+    }
+}
+
+/// Creates vCPU `id` with CPUID, MSRs, FPU and LAPIC set; the boot vCPU
+/// also gets the PVH entry state.
+pub fn create_vcpu(
+    vm: &VmFd,
+    base_cpuid: &CpuId,
+    id: u8,
+    count: u8,
+    entry: Option<u64>,
+) -> Result<VcpuFd, VcpuError> {
+    let fd = vm
+        .create_vcpu(u64::from(id))
+        .map_err(|source| VcpuError::Create { id, source })?;
+    let mut cpuid = base_cpuid.clone();
+    cpuid::filter_cpuid(&mut cpuid, id, count);
+    fd.set_cpuid2(&cpuid)
+        .map_err(|source| VcpuError::Cpuid { id, source })?;
+    let regs_err = |source| VcpuError::Regs { id, source };
+    regs::setup_msrs(&fd).map_err(regs_err)?;
+    regs::setup_fpu(&fd).map_err(regs_err)?;
+    regs::setup_lapic(&fd).map_err(regs_err)?;
+    if let Some(entry) = entry {
+        regs::setup_boot_regs(&fd, entry).map_err(regs_err)?;
+    }
+    Ok(fd)
+}
+
+/// Signal used to kick a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the (empty) kick handler: its only job is to make KVM_RUN
+/// return EINTR.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+pub fn spawn_vcpu(
+    id: u8,
+    fd: VcpuFd,
+    shared: Arc<VcpuShared>,
+) -> Result<JoinHandle<()>, VcpuError> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run_vcpu(id, fd, &shared))
+        .map_err(|source| VcpuError::Spawn { id, source })
+}
+
+fn run_vcpu(id: u8, mut fd: VcpuFd, shared: &VcpuShared) {
+    if id == 0 {
+        (shared.events)(VmEvent::GuestEntered {
+            mono_ns: monotonic_ns(),
+        });
+    }
+    while !shared.stopping.load(Ordering::Acquire) {
+        match fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                shared.pio.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                // Nothing at that port: the bus floats high, as on a PC.
+                if !shared.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !shared.mmio.read(addr, data) {
+                    data.fill(0);
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                shared.mmio.write(addr, data);
+            }
+            Ok(VcpuExit::Shutdown) => {
+                // A triple fault: on a PC this resets the machine.
+                log::warn!("vcpu{id}: guest triple-faulted; treating it as a reset");
+                shared.request_stop(VcpuStop::GuestReset);
+                return;
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                log::info!("vcpu{id}: guest system event {kind}");
+                shared.request_stop(VcpuStop::GuestReset);
+                return;
+            }
+            Ok(VcpuExit::Hlt) => {
+                shared.request_stop(VcpuStop::Failed(format!(
+                    "vcpu{id} halted with interrupts off"
+                )));
+                return;
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                shared.request_stop(VcpuStop::Failed(format!(
+                    "vcpu{id}: KVM could not enter the guest (hardware reason {reason:#x} on host CPU {cpu})"
+                )));
+                return;
+            }
+            Ok(VcpuExit::InternalError) => {
+                shared.request_stop(VcpuStop::Failed(format!("vcpu{id}: KVM internal error")));
+                return;
+            }
+            Ok(other) => {
+                shared.request_stop(VcpuStop::Failed(format!(
+                    "vcpu{id}: unexpected exit {other:?}"
+                )));
+                return;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+            }
+            Err(e) => {
+                shared.request_stop(VcpuStop::Failed(format!("vcpu{id}: KVM_RUN failed: {e}")));
+                return;
+            }
+        }
+    }
+}
