@@ -1,0 +1,180 @@
+//! The guest's base filesystems. Each mount is skipped if something is
+//! already mounted there, so a kernel that mounts devtmpfs itself
+//! (CONFIG_DEVTMPFS_MOUNT) or a re-run of init does no harm.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MountError {
+    #[error("creating mount point {target}: {source}")]
+    MountPoint {
+        target: &'static str,
+        source: io::Error,
+    },
+    #[error("mounting {fstype} on {target}: {source}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        source: nix::Error,
+    },
+}
+
+pub struct MountSpec {
+    pub fstype: &'static str,
+    pub target: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<&'static str>,
+    /// Mode of the mount point if we have to create it.
+    pub dir_mode: u32,
+    /// Boot fails without it; optional ones only warn, so a kernel missing a
+    /// feature still gives a guest that can report what is wrong.
+    pub required: bool,
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Mounted first and alone: everything after it (the kernel command line,
+/// the log level) needs it.
+pub const PROC: MountSpec = MountSpec {
+    fstype: "proc",
+    target: "/proc",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: None,
+    dir_mode: 0o555,
+    required: true,
+};
+
+pub const DEV: MountSpec = MountSpec {
+    fstype: "devtmpfs",
+    target: "/dev",
+    flags: MsFlags::MS_NOSUID,
+    data: Some("mode=0755"),
+    dir_mode: 0o755,
+    required: true,
+};
+
+/// In order: parents before children.
+pub const AFTER_DEV: &[MountSpec] = &[
+    MountSpec {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        // Our own instance so container ptys never see the host-side ones;
+        // ptmxmode lets any user open /dev/pts/ptmx.
+        data: Some("newinstance,ptmxmode=0666,mode=0620"),
+        dir_mode: 0o755,
+        required: false,
+    },
+    MountSpec {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+        dir_mode: 0o1777,
+        required: false,
+    },
+    MountSpec {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+        dir_mode: 0o755,
+        required: true,
+    },
+    MountSpec {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+        dir_mode: 0o555,
+        required: false,
+    },
+];
+
+pub const SYS: MountSpec = MountSpec {
+    fstype: "sysfs",
+    target: "/sys",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: None,
+    dir_mode: 0o555,
+    required: true,
+};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Mounted,
+    AlreadyMounted,
+}
+
+pub fn mount_fs(spec: &MountSpec) -> Result<Outcome, MountError> {
+    let target = Path::new(spec.target);
+    match is_mount_point(target) {
+        Ok(true) => return Ok(Outcome::AlreadyMounted),
+        Ok(false) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(spec.dir_mode)
+            .create(target)
+            .map_err(|source| MountError::MountPoint {
+                target: spec.target,
+                source,
+            })?,
+        Err(source) => {
+            return Err(MountError::MountPoint {
+                target: spec.target,
+                source,
+            })
+        }
+    }
+    mount(
+        Some(spec.fstype),
+        spec.target,
+        Some(spec.fstype),
+        spec.flags,
+        spec.data,
+    )
+    .map_err(|source| MountError::Mount {
+        fstype: spec.fstype,
+        target: spec.target,
+        source,
+    })?;
+    Ok(Outcome::Mounted)
+}
+
+/// A directory on a different device from its parent is a mount point. This
+/// works before /proc exists, unlike reading mountinfo.
+fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let dev = path.metadata()?.dev();
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    Ok(dev != parent.metadata()?.dev())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_is_a_mount_point_and_its_subdirs_are_not() {
+        assert!(is_mount_point(Path::new("/proc")).unwrap());
+        assert!(!is_mount_point(Path::new("/proc/self")).unwrap_or(false));
+    }
+
+    #[test]
+    fn required_mounts_are_the_ones_boot_cannot_do_without() {
+        let required: Vec<&str> = [&PROC, &SYS, &DEV]
+            .into_iter()
+            .chain(AFTER_DEV)
+            .filter(|m| m.required)
+            .map(|m| m.target)
+            .collect();
+        assert_eq!(required, ["/proc", "/sys", "/dev", "/run"]);
+    }
+}
