@@ -65,14 +65,12 @@ fn build(base: u64, vcpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 1;
+    // Every ISA IRQ maps 1:1 to an IOAPIC pin as a normal interrupt. KVM's
+    // in-kernel IOAPIC routes GSI n to pin n; declaring pin 0 as ExtINT
+    // instead leaves IRQ 0 unmapped and Linux's timer check dereferences
+    // its missing irq data.
     for irq in 0..IOAPIC_PINS as u8 {
-        // IRQ 0 comes through the PIC (ExtINT); the rest map 1:1 to pins.
-        let kind = if irq == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
     // LINT0 takes the PIC (ExtINT), LINT1 the NMI, on every local APIC.

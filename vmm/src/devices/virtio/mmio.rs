@@ -85,14 +85,15 @@ impl MmioTransport {
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let device = lock(&self.device);
+        // The device lock is taken only where needed: the interrupt
+        // handler's InterruptStatus read must not wait for queue processing.
         let queue = self.queues.get(self.queue_select as usize);
         match offset {
             0x00 => MMIO_MAGIC,
             0x04 => MMIO_VERSION,
-            0x08 => device.device_type(),
+            0x08 => lock(&self.device).device_type(),
             0x0c => VENDOR_ID,
-            0x10 => Self::features_page(device.features(), self.device_features_select),
+            0x10 => Self::features_page(lock(&self.device).features(), self.device_features_select),
             0x34 => queue.map_or(0, |q| u32::from(q.max_size())),
             0x44 => queue.map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),

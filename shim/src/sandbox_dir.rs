@@ -1,0 +1,192 @@
+//! A sandbox's state directory (`/run/palisade/<id>/`): the VMM's sockets
+//! and the guest console log live here, and it goes away with the sandbox.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// Parent of every sandbox directory.
+pub const SANDBOX_ROOT: &str = "/run/palisade";
+
+const VSOCK_SOCKET: &str = "vsock.sock";
+const CONSOLE_LOG: &str = "console.log";
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+/// The VMM binds `<vsock socket>_<port>` for guest-initiated connections;
+/// a u32 port is up to 10 digits.
+const PORT_SUFFIX_MAX: usize = 11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxDirError {
+    #[error(
+        "sandbox directory {} is too long: its vsock socket paths would take up to {len} bytes, and unix socket paths are limited to {MAX_UNIX_SOCKET_PATH}; use a shorter sandbox id or state directory",
+        .path.display()
+    )]
+    PathTooLong { path: PathBuf, len: usize },
+
+    #[error(
+        "sandbox directory {} already exists: another sandbox is using it, or an earlier one was not cleaned up (remove it if no VMM is running there)",
+        .path.display()
+    )]
+    AlreadyExists { path: PathBuf },
+
+    #[error("cannot create sandbox directory {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot remove sandbox directory {}", .path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Owns the directory: dropping it removes the directory and everything in
+/// it, so an error path cannot leave a half-made sandbox behind.
+#[derive(Debug)]
+pub struct SandboxDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl SandboxDir {
+    /// Creates `path` (mode 0700; parents as needed). Fails if it exists:
+    /// two sandboxes must never share sockets.
+    pub fn create(path: impl Into<PathBuf>) -> Result<Self, SandboxDirError> {
+        let path = path.into();
+        let longest_socket = path.join(VSOCK_SOCKET).as_os_str().as_bytes().len() + PORT_SUFFIX_MAX;
+        if longest_socket > MAX_UNIX_SOCKET_PATH {
+            return Err(SandboxDirError::PathTooLong {
+                path,
+                len: longest_socket,
+            });
+        }
+        if let Some(parent) = path.parent() {
+            // Others may traverse the root (0711) but not list the sandboxes.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(|source| SandboxDirError::Create {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => Ok(Self {
+                path,
+                removed: false,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(SandboxDirError::AlreadyExists { path })
+            }
+            Err(source) => Err(SandboxDirError::Create { path, source }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The VMM's hybrid vsock socket.
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.path.join(VSOCK_SOCKET)
+    }
+
+    /// The guest's serial console output.
+    pub fn console_log(&self) -> PathBuf {
+        self.path.join(CONSOLE_LOG)
+    }
+
+    /// Removes the directory and reports failure, unlike dropping it.
+    pub fn remove(mut self) -> Result<(), SandboxDirError> {
+        self.removed = true;
+        remove_tree(&self.path).map_err(|source| SandboxDirError::Remove {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SandboxDir {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = remove_tree(&self.path);
+        }
+    }
+}
+
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_and_removes() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("a/b/sandbox");
+        let dir = SandboxDir::create(&path).expect("create");
+        assert!(path.is_dir());
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(dir.vsock_socket(), path.join("vsock.sock"));
+        assert_eq!(dir.console_log(), path.join("console.log"));
+        std::fs::write(dir.console_log(), b"log").expect("write");
+        dir.remove().expect("remove");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn drop_removes() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("sandbox");
+        {
+            let dir = SandboxDir::create(&path).expect("create");
+            std::fs::write(dir.console_log(), b"log").expect("write");
+        }
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn refuses_an_existing_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let first = SandboxDir::create(root.path().join("s")).expect("create");
+        let err = SandboxDir::create(first.path()).expect_err("must refuse");
+        assert!(
+            matches!(err, SandboxDirError::AlreadyExists { .. }),
+            "{err}"
+        );
+        // The refused attempt must not have removed the first one's directory.
+        assert!(first.path().is_dir());
+    }
+
+    #[test]
+    fn refuses_paths_too_long_for_sockets() {
+        let long = format!("/run/palisade/{}", "x".repeat(80));
+        let err = SandboxDir::create(&long).expect_err("too long");
+        assert!(
+            err.to_string()
+                .contains("unix socket paths are limited to 107"),
+            "{err}"
+        );
+        assert!(!Path::new(&long).exists());
+        // A 64-character id (what Kubernetes uses) under /run/palisade fits.
+        let id = "f".repeat(64);
+        let fits = Path::new(SANDBOX_ROOT).join(id).join(VSOCK_SOCKET);
+        assert!(fits.as_os_str().len() + PORT_SUFFIX_MAX <= MAX_UNIX_SOCKET_PATH);
+    }
+}
