@@ -21,11 +21,18 @@ fn main() {
         vcpus: 1,
         memory_mib: 128,
         serial_log: Some(PathBuf::from("/dev/stdout")),
-        vsock: args.get(2).map(|p| VsockConfig { guest_cid: 3, uds_path: PathBuf::from(p) }),
+        vsock: args.get(2).map(|p| VsockConfig {
+            guest_cid: 3,
+            uds_path: PathBuf::from(p),
+        }),
     };
-    let events = Arc::new(move |e| eprintln!("+{:.1} ms: {e:?}", (monotonic_ns() - start) as f64 / 1e6));
+    let events =
+        Arc::new(move |e| eprintln!("+{:.1} ms: {e:?}", (monotonic_ns() - start) as f64 / 1e6));
     match run_vm(config, events) {
-        Ok(exit) => eprintln!("+{:.1} ms: exit {exit:?}", (monotonic_ns() - start) as f64 / 1e6),
+        Ok(exit) => eprintln!(
+            "+{:.1} ms: exit {exit:?}",
+            (monotonic_ns() - start) as f64 / 1e6
+        ),
         Err(e) => {
             eprintln!("boot: {e}");
             std::process::exit(1);

@@ -70,7 +70,16 @@ fn build(base: u64, vcpus: u8) -> Result<Vec<u8>, MptableError> {
     // instead leaves IRQ 0 unmapped and Linux's timer check dereferences
     // its missing irq data.
     for irq in 0..IOAPIC_PINS as u8 {
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     // LINT0 takes the PIC (ExtINT), LINT1 the NMI, on every local APIC.
