@@ -3,8 +3,8 @@
 # holding the agent as /init plus the directory skeleton it needs.
 #
 # Usage: rootfs-builder/build.sh [AGENT_BINARY]
-#   AGENT_BINARY defaults to <repo>/target/x86_64-unknown-linux-gnu/release/palisade-agent,
-#   which is built (statically linked) when missing. The binary must be static.
+#   AGENT_BINARY defaults to <repo>/target/x86_64-unknown-linux-gnu/agent/palisade-agent,
+#   which cargo (re)builds statically linked, with the size-optimised `agent` profile. The binary must be static.
 #   Progress goes to stderr; stdout is only the path of the initramfs.
 #
 # Output: <repo>/target/palisade/initramfs.cpio.gz, with its input key in
@@ -17,7 +17,7 @@ repo=$(cd "$here/.." && pwd)
 out_dir=$repo/target/palisade
 out=$out_dir/initramfs.cpio.gz
 target=x86_64-unknown-linux-gnu
-default_agent=$repo/target/$target/release/palisade-agent
+default_agent=$repo/target/$target/agent/palisade-agent
 
 log() { printf '[rootfs-builder] %s\n' "$*" >&2; }
 die() { printf '[rootfs-builder] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -44,15 +44,14 @@ elif [ $# -eq 1 ]; then
     [ -f "$agent" ] || die "agent binary $agent does not exist"
 else
     agent=$default_agent
-    if [ ! -f "$agent" ]; then
-        log "$agent missing: building palisade-agent (static, release)"
-        command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (rustup) to build palisade-agent"
-        # An explicit --target keeps +crt-static off build scripts and proc-macros.
-        (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-            cargo build --release -p palisade-agent --target "$target" --target-dir "$repo/target" >&2) ||
-            die "cargo build of palisade-agent failed"
-        [ -f "$agent" ] || die "cargo build succeeded but $agent is not there"
-    fi
+    # Always ask cargo: it rebuilds only what changed, so the initramfs can
+    # never hold a stale agent.
+    command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (rustup) to build palisade-agent"
+    # An explicit --target keeps +crt-static off build scripts and proc-macros.
+    (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+        cargo build --locked --profile agent -p palisade-agent --target "$target" --target-dir "$repo/target" >&2) ||
+        die "cargo build of palisade-agent failed"
+    [ -f "$agent" ] || die "cargo build succeeded but $agent is not there"
 fi
 agent=$(cd "$(dirname "$agent")" && pwd)/$(basename "$agent")
 
