@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// A microVM to boot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     /// Uncompressed ELF `vmlinux` with a PVH entry point.
     pub kernel: PathBuf,
@@ -25,7 +25,7 @@ pub struct VmConfig {
 /// virtio-vsock with the hybrid unix-socket backend: host-initiated
 /// connections are `CONNECT <port>\n` on `uds_path`; guest-initiated
 /// connections to host port P go to `<uds_path>_P`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,

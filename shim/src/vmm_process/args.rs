@@ -14,19 +14,6 @@ pub const VMM_SUBCOMMAND: &str = "__vmm";
 /// hybrid socket, so every guest can use the first non-reserved CID.
 pub const GUEST_CID: u64 = 3;
 
-/// Everything the VMM process needs; a one-to-one image of [`VmConfig`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmmArgs {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub kernel_params: String,
-    pub vcpus: u8,
-    pub memory_mib: u32,
-    pub serial_log: Option<PathBuf>,
-    pub vsock_uds: Option<PathBuf>,
-    pub guest_cid: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
     #[error("unknown argument {0:?}")]
@@ -45,103 +32,87 @@ pub enum ArgsError {
     Required(&'static str),
 }
 
-impl VmmArgs {
-    /// The arguments after the subcommand.
-    pub fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: OsString| {
-            args.push(flag.into());
-            args.push(value);
+/// The arguments after the subcommand that describe `config`.
+pub fn to_args(config: &VmConfig) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |flag: &str, value: OsString| {
+        args.push(flag.into());
+        args.push(value);
+    };
+    push("--kernel", config.kernel.clone().into());
+    if let Some(initrd) = &config.initrd {
+        push("--initrd", initrd.clone().into());
+    }
+    push("--kernel-params", config.kernel_params.clone().into());
+    push("--vcpus", config.vcpus.to_string().into());
+    push("--memory-mib", config.memory_mib.to_string().into());
+    if let Some(serial_log) = &config.serial_log {
+        push("--serial-log", serial_log.clone().into());
+    }
+    if let Some(vsock) = &config.vsock {
+        push("--vsock-uds", vsock.uds_path.clone().into());
+        push("--guest-cid", vsock.guest_cid.to_string().into());
+    }
+    args
+}
+
+/// Parses the arguments after the subcommand.
+pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
+    let mut kernel = None;
+    let mut initrd = None;
+    let mut kernel_params = None;
+    let mut vcpus = None;
+    let mut memory_mib = None;
+    let mut serial_log = None;
+    let mut vsock_uds = None;
+    let mut guest_cid = None;
+
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let flag: &'static str = match arg.to_str() {
+            Some("--kernel") => "--kernel",
+            Some("--initrd") => "--initrd",
+            Some("--kernel-params") => "--kernel-params",
+            Some("--vcpus") => "--vcpus",
+            Some("--memory-mib") => "--memory-mib",
+            Some("--serial-log") => "--serial-log",
+            Some("--vsock-uds") => "--vsock-uds",
+            Some("--guest-cid") => "--guest-cid",
+            _ => return Err(ArgsError::Unknown(arg.clone())),
         };
-        push("--kernel", self.kernel.clone().into());
-        if let Some(initrd) = &self.initrd {
-            push("--initrd", initrd.clone().into());
+        let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
+        match flag {
+            "--kernel" => set(&mut kernel, flag, PathBuf::from(value))?,
+            "--initrd" => set(&mut initrd, flag, PathBuf::from(value))?,
+            "--kernel-params" => set(&mut kernel_params, flag, utf8(flag, value)?)?,
+            "--vcpus" => set(&mut vcpus, flag, number::<u8>(flag, value)?)?,
+            "--memory-mib" => set(&mut memory_mib, flag, number::<u32>(flag, value)?)?,
+            "--serial-log" => set(&mut serial_log, flag, PathBuf::from(value))?,
+            "--vsock-uds" => set(&mut vsock_uds, flag, PathBuf::from(value))?,
+            _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
-        push("--kernel-params", self.kernel_params.clone().into());
-        push("--vcpus", self.vcpus.to_string().into());
-        push("--memory-mib", self.memory_mib.to_string().into());
-        if let Some(serial_log) = &self.serial_log {
-            push("--serial-log", serial_log.clone().into());
-        }
-        if let Some(vsock_uds) = &self.vsock_uds {
-            push("--vsock-uds", vsock_uds.clone().into());
-        }
-        push("--guest-cid", self.guest_cid.to_string().into());
-        args
     }
 
-    /// Parses the arguments after the subcommand.
-    pub fn parse(args: &[OsString]) -> Result<Self, ArgsError> {
-        let mut kernel = None;
-        let mut initrd = None;
-        let mut kernel_params = None;
-        let mut vcpus = None;
-        let mut memory_mib = None;
-        let mut serial_log = None;
-        let mut vsock_uds = None;
-        let mut guest_cid = None;
-
-        let mut iter = args.iter();
-        while let Some(arg) = iter.next() {
-            let flag: &'static str = match arg.to_str() {
-                Some("--kernel") => "--kernel",
-                Some("--initrd") => "--initrd",
-                Some("--kernel-params") => "--kernel-params",
-                Some("--vcpus") => "--vcpus",
-                Some("--memory-mib") => "--memory-mib",
-                Some("--serial-log") => "--serial-log",
-                Some("--vsock-uds") => "--vsock-uds",
-                Some("--guest-cid") => "--guest-cid",
-                _ => return Err(ArgsError::Unknown(arg.clone())),
-            };
-            let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
-            match flag {
-                "--kernel" => set(&mut kernel, flag, PathBuf::from(value))?,
-                "--initrd" => set(&mut initrd, flag, PathBuf::from(value))?,
-                "--kernel-params" => set(&mut kernel_params, flag, utf8(flag, value)?)?,
-                "--vcpus" => set(&mut vcpus, flag, number::<u8>(flag, value)?)?,
-                "--memory-mib" => set(&mut memory_mib, flag, number::<u32>(flag, value)?)?,
-                "--serial-log" => set(&mut serial_log, flag, PathBuf::from(value))?,
-                "--vsock-uds" => set(&mut vsock_uds, flag, PathBuf::from(value))?,
-                _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
-            }
-        }
-
-        let vcpus = vcpus.ok_or(ArgsError::Required("--vcpus"))?;
-        if vcpus == 0 {
-            return Err(ArgsError::Invalid {
-                flag: "--vcpus",
-                value: "0".into(),
-                reason: "a VM needs at least one vCPU",
-            });
-        }
-        Ok(Self {
-            kernel: kernel.ok_or(ArgsError::Required("--kernel"))?,
-            initrd,
-            kernel_params: kernel_params.unwrap_or_default(),
-            vcpus,
-            memory_mib: memory_mib.ok_or(ArgsError::Required("--memory-mib"))?,
-            serial_log,
-            vsock_uds,
+    let vcpus = vcpus.ok_or(ArgsError::Required("--vcpus"))?;
+    if vcpus == 0 {
+        return Err(ArgsError::Invalid {
+            flag: "--vcpus",
+            value: "0".into(),
+            reason: "a VM needs at least one vCPU",
+        });
+    }
+    Ok(VmConfig {
+        kernel: kernel.ok_or(ArgsError::Required("--kernel"))?,
+        initrd,
+        kernel_params: kernel_params.unwrap_or_default(),
+        vcpus,
+        memory_mib: memory_mib.ok_or(ArgsError::Required("--memory-mib"))?,
+        serial_log,
+        vsock: vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: guest_cid.unwrap_or(GUEST_CID),
-        })
-    }
-
-    pub fn into_vm_config(self) -> VmConfig {
-        let guest_cid = self.guest_cid;
-        VmConfig {
-            kernel: self.kernel,
-            initrd: self.initrd,
-            kernel_params: self.kernel_params,
-            vcpus: self.vcpus,
-            memory_mib: self.memory_mib,
-            serial_log: self.serial_log,
-            vsock: self.vsock_uds.map(|uds_path| VsockConfig {
-                guest_cid,
-                uds_path,
-            }),
-        }
-    }
+            uds_path,
+        }),
+    })
 }
 
 fn set<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), ArgsError> {
@@ -182,51 +153,43 @@ mod tests {
         args.iter().map(OsString::from).collect()
     }
 
-    fn sample() -> VmmArgs {
-        VmmArgs {
+    fn sample() -> VmConfig {
+        VmConfig {
             kernel: "/k/vmlinux".into(),
             initrd: Some("/k/initrd".into()),
             kernel_params: "quiet a=b".into(),
             vcpus: 2,
             memory_mib: 512,
             serial_log: Some("/run/palisade/x/console.log".into()),
-            vsock_uds: Some("/run/palisade/x/vsock.sock".into()),
-            guest_cid: 3,
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/palisade/x/vsock.sock".into(),
+            }),
         }
     }
 
     #[test]
     fn round_trips() {
-        let args = sample();
-        assert_eq!(VmmArgs::parse(&args.to_args()), Ok(args));
-        let minimal = VmmArgs {
+        let config = sample();
+        assert_eq!(parse(&to_args(&config)), Ok(config));
+        let minimal = VmConfig {
             initrd: None,
             kernel_params: String::new(),
             serial_log: None,
-            vsock_uds: None,
+            vsock: None,
             ..sample()
         };
-        assert_eq!(VmmArgs::parse(&minimal.to_args()), Ok(minimal));
-    }
-
-    #[test]
-    fn builds_the_vm_config() {
-        let config = sample().into_vm_config();
-        assert_eq!(config.vcpus, 2);
-        assert_eq!(config.memory_mib, 512);
-        let vsock = config.vsock.expect("vsock configured");
-        assert_eq!(vsock.guest_cid, 3);
-        assert_eq!(vsock.uds_path, PathBuf::from("/run/palisade/x/vsock.sock"));
+        assert_eq!(parse(&to_args(&minimal)), Ok(minimal));
     }
 
     #[test]
     fn rejects_bad_command_lines() {
         let base = ["--kernel", "/k", "--vcpus", "1", "--memory-mib", "64"];
-        assert!(VmmArgs::parse(&os(&base)).is_ok());
+        assert!(parse(&os(&base)).is_ok());
         let with = |extra: &[&str]| {
             let mut v = base.to_vec();
             v.extend_from_slice(extra);
-            VmmArgs::parse(&os(&v))
+            parse(&os(&v))
         };
         assert_eq!(
             with(&["--bogus", "1"]),
@@ -245,11 +208,11 @@ mod tests {
             Err(ArgsError::Invalid { .. })
         ));
         assert_eq!(
-            VmmArgs::parse(&os(&["--kernel", "/k", "--vcpus", "1"])),
+            parse(&os(&["--kernel", "/k", "--vcpus", "1"])),
             Err(ArgsError::Required("--memory-mib"))
         );
         assert!(matches!(
-            VmmArgs::parse(&os(&[
+            parse(&os(&[
                 "--kernel",
                 "/k",
                 "--vcpus",
@@ -263,7 +226,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            VmmArgs::parse(&os(&[
+            parse(&os(&[
                 "--kernel",
                 "/k",
                 "--vcpus",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use palisade_vmm::EventSink;
 
-use super::args::{VmmArgs, VMM_SUBCOMMAND};
+use super::args::{self, VMM_SUBCOMMAND};
 use super::protocol::VmmMessage;
 
 /// Name shown by `ps`/`top` for VMM processes; without it they show up as
@@ -34,12 +34,12 @@ pub fn run(started_ns: u64, args: &[OsString]) -> ExitCode {
     });
     set_process_name();
 
-    let args = match VmmArgs::parse(args) {
-        Ok(args) => args,
+    let config = match args::parse(args) {
+        Ok(config) => config,
         Err(e) => return fail(&format!("bad {VMM_SUBCOMMAND} arguments: {e}")),
     };
     let events: EventSink = Arc::new(|event| send(event.into()));
-    match palisade_vmm::run_vm(args.into_vm_config(), events) {
+    match palisade_vmm::run_vm(config, events) {
         Ok(exit) => {
             send(VmmMessage::Exited(exit));
             ExitCode::SUCCESS

@@ -8,7 +8,7 @@ pub mod child;
 pub mod protocol;
 mod supervisor;
 
-pub use args::{VmmArgs, GUEST_CID, VMM_SUBCOMMAND};
+pub use args::{GUEST_CID, VMM_SUBCOMMAND};
 pub use protocol::VmmMessage;
 pub use supervisor::{
     describe_status, BootSignalAt, Progress, VmmProcess, VmmProcessError, VmmTermination,

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use palisade_vmm::VmExit;
+use palisade_vmm::{VmConfig, VsockConfig};
 
-use super::args::{VmmArgs, GUEST_CID, VMM_SUBCOMMAND};
+use super::args::{self, GUEST_CID, VMM_SUBCOMMAND};
 use super::protocol::{read_line_bounded, Line, VmmMessage, MAX_LINE_LEN};
 use crate::config::HypervisorConfig;
 use crate::sandbox_dir::SandboxDir;
@@ -213,18 +214,20 @@ impl VmmProcess {
         hypervisor: &HypervisorConfig,
         sandbox: &SandboxDir,
     ) -> Result<Self, VmmProcessError> {
-        let args = VmmArgs {
+        let config = VmConfig {
             kernel: hypervisor.kernel.clone(),
             initrd: Some(hypervisor.initrd.clone()),
             kernel_params: hypervisor.kernel_params.clone(),
             vcpus: hypervisor.vcpus,
             memory_mib: hypervisor.memory_mib,
             serial_log: Some(sandbox.console_log()),
-            vsock_uds: Some(sandbox.vsock_socket()),
-            guest_cid: GUEST_CID,
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: sandbox.vsock_socket(),
+            }),
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];
-        command_args.extend(args.to_args());
+        command_args.extend(args::to_args(&config));
         Self::spawn_program(
             Path::new(SELF_EXE),
             command_args,
