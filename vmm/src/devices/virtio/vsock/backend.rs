@@ -308,6 +308,12 @@ impl UnixBackend {
             return;
         };
         hc.conn.update_peer_credit(hdr);
+        // A hung-up host socket is not polled: its remaining bytes are read
+        // when the guest has credit for them, which may be now.
+        if hc.hung_up && hc.conn.wants_host_read() && !hc.conn.in_ready {
+            hc.conn.in_ready = true;
+            self.ready.push_back(id);
+        }
         self.dirty.push(id);
         match (hdr.op, &hc.conn.state) {
             (OP_RESPONSE, State::Connecting) => {

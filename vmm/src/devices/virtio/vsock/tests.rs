@@ -484,3 +484,49 @@ fn connect_before_the_driver_is_ready_is_closed() {
     assert!(!uds.exists(), "the socket is removed with the device");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn host_data_after_a_hangup_waits_for_guest_credit() {
+    let mem = memory();
+    let mut guest = Guest::new(&mem);
+    guest.give_rx_buffers(8);
+    let mut rig = Rig::new(&mem, &guest);
+    let (mut client, host_port) = establish(&mut rig, &mut guest, 1024, false);
+    // The guest shrinks its buffer to 8 KiB; the host sends more and hangs up.
+    let credit = |fwd_cnt| Header {
+        buf_alloc: 8192,
+        fwd_cnt,
+        ..guest_hdr(OP_CREDIT_UPDATE, 1024, host_port, 0)
+    };
+    guest.send(credit(0), &[], false);
+    rig.notify(1);
+    rig.pump();
+    let sent = vec![5u8; 10_000];
+    client.write_all(&sent).expect("write");
+    drop(client);
+    let mut got = Vec::new();
+    let rw_bytes = |got: &Vec<(Header, Vec<u8>)>| -> usize {
+        got.iter()
+            .filter(|(h, _)| h.op == OP_RW)
+            .map(|(_, p)| p.len())
+            .sum()
+    };
+    rig.pump_until(|| {
+        got.extend(guest.take_rx());
+        rw_bytes(&got) == 8192
+    });
+    rig.pump();
+    got.extend(guest.take_rx());
+    assert!(
+        !got.iter().any(|(h, _)| h.op == OP_SHUTDOWN),
+        "no shutdown while bytes are pending"
+    );
+    // The guest consumed everything: credit returns, the rest follows.
+    guest.send(credit(8192), &[], false);
+    rig.notify(1);
+    rig.pump_until(|| {
+        got.extend(guest.take_rx());
+        got.iter().any(|(h, _)| h.op == OP_SHUTDOWN)
+    });
+    assert_eq!(rw_bytes(&got), sent.len());
+}
