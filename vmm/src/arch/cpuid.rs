@@ -1,6 +1,6 @@
 //! CPUID the guest sees: what KVM supports, with per-vCPU topology.
 
-use kvm_bindings::CpuId;
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
@@ -12,11 +12,17 @@ const EBX_APIC_ID_SHIFT: u32 = 24;
 const EBX_LOGICAL_COUNT_SHIFT: u32 = 16;
 const EDX_HTT: u32 = 1 << 28;
 
+const TOPOLOGY_LEVEL_SMT: u32 = 1;
+const TOPOLOGY_LEVEL_CORE: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+#[error("KVM reported more CPUID entries than a vCPU accepts")]
+pub struct CpuidError;
+
 /// Adjusts `cpuid` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU
 /// `cpu_id` of `cpu_count`: APIC IDs, the hypervisor bit, and a flat
 /// topology of `cpu_count` single-threaded cores in one package.
-pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
-    let cores_shift = u32::from(cpu_count).next_power_of_two().trailing_zeros();
+pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) -> Result<(), CpuidError> {
     for entry in cpuid.as_mut_slice().iter_mut() {
         match entry.function {
             LEAF_FEATURES => {
@@ -28,28 +34,6 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
                     entry.edx |= EDX_HTT;
                 }
             }
-            LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
-                entry.edx = u32::from(cpu_id);
-                match entry.index {
-                    // SMT level: one thread per core.
-                    0 => {
-                        entry.eax = 0;
-                        entry.ebx = 1;
-                        entry.ecx = 1 << 8;
-                    }
-                    // Core level: all vCPUs in one package.
-                    1 => {
-                        entry.eax = cores_shift;
-                        entry.ebx = u32::from(cpu_count);
-                        entry.ecx = (2 << 8) | 1;
-                    }
-                    n => {
-                        entry.eax = 0;
-                        entry.ebx = 0;
-                        entry.ecx = n;
-                    }
-                }
-            }
             LEAF_AMD_EXT_APIC_ID => {
                 entry.eax = u32::from(cpu_id);
                 entry.ebx &= !0xff; // compute unit id
@@ -58,12 +42,54 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) {
             _ => {}
         }
     }
+    // KVM passes on whatever subleaves of the extended topology leaf its
+    // host has, which can be just the SMT level (nested hosts do this).
+    // Linux then sees each vCPU as its own package and, on AMD, declares
+    // the TSCs unsynchronized. So palisade writes the whole leaf itself,
+    // and drops leaf 0x1f rather than keep a second, contradicting copy.
+    let mut entries: Vec<kvm_cpuid_entry2> = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| e.function != LEAF_EXT_TOPOLOGY && e.function != LEAF_V2_EXT_TOPOLOGY)
+        .copied()
+        .collect();
+    entries.extend(extended_topology(cpu_id, cpu_count));
+    *cpuid = CpuId::from_entries(&entries).map_err(|_| CpuidError)?;
+    Ok(())
+}
+
+/// Leaf 0xb: an SMT level of one thread, a core level of `cpu_count`
+/// cores, and the terminating invalid level.
+fn extended_topology(cpu_id: u8, cpu_count: u8) -> [kvm_cpuid_entry2; 3] {
+    let cores_shift = u32::from(cpu_count).next_power_of_two().trailing_zeros();
+    let level = |index: u32, eax: u32, ebx: u32, level_type: u32| kvm_cpuid_entry2 {
+        function: LEAF_EXT_TOPOLOGY,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx: (level_type << 8) | index,
+        edx: u32::from(cpu_id),
+        ..Default::default()
+    };
+    [
+        level(0, 0, 1, TOPOLOGY_LEVEL_SMT),
+        level(1, cores_shift, u32::from(cpu_count), TOPOLOGY_LEVEL_CORE),
+        level(2, 0, 0, 0),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn find(cpuid: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap_or_else(|| panic!("leaf {function:#x}.{index} missing"))
+    }
 
     #[test]
     fn apic_id_and_topology_are_per_vcpu() {
@@ -73,20 +99,35 @@ mod tests {
                 ebx: 0xffff_ffff,
                 ..Default::default()
             },
+            // A host that reports only the SMT level of leaf 0xb.
             kvm_cpuid_entry2 {
                 function: 0xb,
-                index: 1,
+                index: 0,
+                ebx: 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x1f,
+                index: 0,
                 ..Default::default()
             },
         ];
         let mut cpuid = CpuId::from_entries(&entries).expect("cpuid");
-        filter_cpuid(&mut cpuid, 3, 4);
-        let e = cpuid.as_slice();
-        assert_eq!(e[0].ebx >> 24, 3);
-        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
-        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
-        assert_eq!(e[1].edx, 3);
-        assert_eq!(e[1].ebx, 4);
-        assert_eq!(e[1].eax, 2);
+        filter_cpuid(&mut cpuid, 3, 4).expect("filter");
+        let leaf1 = find(&cpuid, 1, 0);
+        assert_eq!(leaf1.ebx >> 24, 3);
+        assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
+        assert_ne!(leaf1.ecx & ECX_HYPERVISOR, 0);
+
+        let smt = find(&cpuid, 0xb, 0);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 3));
+        let core = find(&cpuid, 0xb, 1);
+        assert_eq!(
+            (core.eax, core.ebx, core.ecx, core.edx),
+            (2, 4, (2 << 8) | 1, 3)
+        );
+        let end = find(&cpuid, 0xb, 2);
+        assert_eq!(end.ecx >> 8, 0, "terminating level is invalid");
+        assert!(cpuid.as_slice().iter().all(|e| e.function != 0x1f));
     }
 }

@@ -67,7 +67,10 @@ pub fn create_vcpu(
         .create_vcpu(u64::from(id))
         .map_err(|source| VcpuError::Create { id, source })?;
     let mut cpuid = base_cpuid.clone();
-    cpuid::filter_cpuid(&mut cpuid, id, count);
+    cpuid::filter_cpuid(&mut cpuid, id, count).map_err(|_| VcpuError::Cpuid {
+        id,
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
     fd.set_cpuid2(&cpuid)
         .map_err(|source| VcpuError::Cpuid { id, source })?;
     let regs_err = |source| VcpuError::Regs { id, source };
