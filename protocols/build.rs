@@ -8,7 +8,7 @@ use std::{env, fs};
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 /// Proto files, by stem; each yields `<stem>.rs` and `<stem>_ttrpc.rs`.
-const PROTOS: &[&str] = &["health", "agent"];
+const PROTOS: &[&str] = &["health", "agent", "containers"];
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

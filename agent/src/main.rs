@@ -6,6 +6,7 @@
 
 mod boot_progress;
 mod clock;
+mod container;
 mod guest_info;
 mod init;
 mod logger;
@@ -15,7 +16,7 @@ mod reaper;
 mod rpc;
 mod signals;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +24,22 @@ use log::{info, LevelFilter};
 
 use boot_progress::{BootProgress, Milestone};
 use clock::{micros_between, Timeline};
+use container::cgroups::Cgroups;
 use power::Mode;
 use reaper::Reaper;
 
 /// Time for the Shutdown reply to leave before the VM (or process) goes.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(50);
 
+/// Where the guest's cgroup v2 hierarchy is mounted (by init).
+const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 fn main() {
+    // A container's init process is this binary re-executed; it is PID 1
+    // of its own pid namespace, so this comes before the PID 1 check.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(container::INIT_ARG)) {
+        container::init::main()
+    }
     let timeline = Arc::new(Timeline::new(clock::boottime_ns()));
     if nix::unistd::getpid().as_raw() == 1 {
         power::set_mode(Mode::Guest);
@@ -57,7 +67,16 @@ fn run_guest(timeline: Arc<Timeline>) -> ! {
     let addr = opts
         .agent_addr
         .unwrap_or_else(|| options::DEFAULT_GUEST_ADDR.to_string());
-    serve_until_shutdown(&addr, timeline, Some(progress))
+    let cgroups = if Path::new(GUEST_CGROUP_ROOT)
+        .join("cgroup.controllers")
+        .exists()
+    {
+        Cgroups::V2(PathBuf::from(GUEST_CGROUP_ROOT))
+    } else {
+        log::warn!("no cgroup2 at {GUEST_CGROUP_ROOT}: containers run without limits or stats");
+        Cgroups::Disabled
+    };
+    serve_until_shutdown(&addr, timeline, Some(progress), cgroups)
 }
 
 fn run_host(timeline: Arc<Timeline>) -> ! {
@@ -75,18 +94,31 @@ fn run_host(timeline: Arc<Timeline>) -> ! {
     }
     // No init duties on a host.
     timeline.mark_init_done();
-    serve_until_shutdown(&args.listen, timeline, None)
+    let cgroups = args.cgroup_root.map_or(Cgroups::Disabled, Cgroups::V2);
+    serve_until_shutdown(&args.listen, timeline, None, cgroups)
 }
 
-fn serve_until_shutdown(addr: &str, timeline: Arc<Timeline>, progress: Option<BootProgress>) -> ! {
+fn serve_until_shutdown(
+    addr: &str,
+    timeline: Arc<Timeline>,
+    progress: Option<BootProgress>,
+    cgroups: Cgroups,
+) -> ! {
+    let guest = progress.is_some();
     let (shutdown, shutdown_requested) = power::shutdown_channel();
     let on_signal = shutdown.clone();
-    if let Err(e) = signals::spawn(Arc::new(Reaper::new()), move || on_signal.trigger()) {
+    let reaper = Arc::new(Reaper::new());
+    if let Err(e) = signals::spawn(reaper.clone(), move || on_signal.trigger()) {
         power::fatal(format_args!("starting the signal thread: {e}"));
     }
+    let containers = Arc::new(container::Manager::new(
+        reaper,
+        cgroups,
+        container::stdio::PortAllocator::for_listen_addr(addr),
+    ));
 
     // Kept alive until the process ends.
-    let _server = rpc::serve(addr, timeline.clone(), shutdown)
+    let _server = rpc::serve(addr, timeline.clone(), shutdown, containers.clone())
         .unwrap_or_else(|e| power::fatal(format_args!("serving on {addr}: {e}")));
     if let Some(path) = unix_socket_path(addr) {
         // Registered only once bound, so a failed bind never removes a
@@ -104,6 +136,11 @@ fn serve_until_shutdown(addr: &str, timeline: Arc<Timeline>, progress: Option<Bo
     shutdown_requested.wait();
     std::thread::sleep(SHUTDOWN_GRACE);
     info!("shutting down");
+    if !guest {
+        // On a host, containers would outlive the agent; in a guest the VM
+        // ends with it, so there is nothing to wait for.
+        containers.shutdown();
+    }
     power::end(0)
 }
 

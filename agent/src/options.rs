@@ -1,6 +1,8 @@
 //! Where the agent's settings come from: the kernel command line when it is
 //! PID 1 of a guest, argv when it runs on a host for testing.
 
+use std::path::PathBuf;
+
 use log::LevelFilter;
 use thiserror::Error;
 
@@ -93,6 +95,10 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 pub struct HostArgs {
     pub listen: String,
     pub log_level: LevelFilter,
+    /// A cgroup v2 hierarchy for container cgroups; None (the default, and
+    /// `--cgroup-root none`) runs containers without cgroups, as hosts
+    /// with cgroup v1 need.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -103,7 +109,9 @@ pub enum ArgsError {
     MissingValue(String),
     #[error("unknown log level {0:?}: want debug|info|warn")]
     BadLevel(String),
-    #[error("unknown argument {0:?}; usage: palisade-agent --listen ADDR [--log LEVEL]")]
+    #[error("--cgroup-root {0:?}: want an absolute path to a cgroup v2 hierarchy, or none")]
+    BadCgroupRoot(String),
+    #[error("unknown argument {0:?}; usage: palisade-agent --listen ADDR [--log LEVEL] [--cgroup-root PATH|none]")]
     Unknown(String),
 }
 
@@ -111,6 +119,7 @@ pub enum ArgsError {
 pub fn parse_host_args(args: impl IntoIterator<Item = String>) -> Result<HostArgs, ArgsError> {
     let mut listen = None;
     let mut log_level = LevelFilter::Info;
+    let mut cgroup_root = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -129,12 +138,21 @@ pub fn parse_host_args(args: impl IntoIterator<Item = String>) -> Result<HostArg
                 let v = value()?;
                 log_level = parse_level(&v).ok_or(ArgsError::BadLevel(v))?;
             }
+            "--cgroup-root" => {
+                let v = value()?;
+                cgroup_root = match v.as_str() {
+                    "none" => None,
+                    p if p.starts_with('/') => Some(PathBuf::from(p)),
+                    _ => return Err(ArgsError::BadCgroupRoot(v)),
+                };
+            }
             _ => return Err(ArgsError::Unknown(arg)),
         }
     }
     Ok(HostArgs {
         listen: listen.ok_or(ArgsError::MissingListen)?,
         log_level,
+        cgroup_root,
     })
 }
 
@@ -212,8 +230,29 @@ mod tests {
             a,
             Ok(HostArgs {
                 listen: "unix:///tmp/x.sock".into(),
-                log_level: LevelFilter::Debug
+                log_level: LevelFilter::Debug,
+                cgroup_root: None,
             })
+        );
+    }
+
+    #[test]
+    fn host_args_cgroup_root() {
+        let a = parse_host_args(args(&[
+            "--listen",
+            "x",
+            "--cgroup-root",
+            "/sys/fs/cgroup/unified",
+        ]));
+        assert_eq!(
+            a.unwrap().cgroup_root,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let a = parse_host_args(args(&["--listen", "x", "--cgroup-root=none"]));
+        assert_eq!(a.unwrap().cgroup_root, None);
+        assert_eq!(
+            parse_host_args(args(&["--listen", "x", "--cgroup-root", "rel"])),
+            Err(ArgsError::BadCgroupRoot("rel".into()))
         );
     }
 

@@ -22,7 +22,6 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The shell convention containerd also reports: 128 + signal.
-    #[allow(dead_code)] // Container exit events use it from the next milestone.
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Exited(code) => code,
@@ -45,7 +44,6 @@ impl Reaper {
 
     /// Runs `spawn`, which starts a child and returns something plus the
     /// child's pid, and subscribes to that child's exit status.
-    #[allow(dead_code)] // Container and exec processes use it from the next milestone.
     pub fn spawn_watched<T>(
         &self,
         spawn: impl FnOnce() -> io::Result<(T, Pid)>,

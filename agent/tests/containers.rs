@@ -1,0 +1,957 @@
+//! Runs real containers with the agent in host mode (`--listen unix://`,
+//! cgroups off, as this host may have cgroup v1), from a busybox rootfs
+//! made in a scratch directory, through the Containers service and the
+//! per-process stdio ports, as the shim will.
+//!
+//! Needs root (namespaces, mounts, pivot_root) and /bin/busybox (static);
+//! without them each test says so and passes vacuously.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use palisade_protocols::containers::{
+    event, CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, ExecProcessRequest,
+    GetEventsRequest, ListProcessesRequest, PauseContainerRequest, ProcessExit,
+    RemoveContainerRequest, ResumeContainerRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StdioRequest, UpdateContainerRequest, WaitProcessRequest,
+};
+use palisade_protocols::containers_ttrpc::ContainersClient;
+use palisade_protocols::protobuf::MessageField;
+use serde_json::{json, Value};
+use ttrpc::Code;
+
+use common::{ctx, unix_addr, Agent, TempDir, READY_LINE};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new(BUSYBOX).exists() {
+        eprintln!("skipping: needs root and {BUSYBOX}");
+        return false;
+    }
+    true
+}
+
+/// An agent with a busybox rootfs next to it.
+struct Harness {
+    agent: Agent,
+    dir: TempDir,
+    sock: PathBuf,
+    rootfs: PathBuf,
+    api: ContainersClient,
+}
+
+impl Harness {
+    fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let sock = dir.0.join("agent.sock");
+        let addr = unix_addr(&sock);
+        let mut args = vec!["--listen", &addr, "--log", "debug"];
+        args.extend_from_slice(extra);
+        let mut agent = Agent::start(&args);
+        agent.wait_for_line(READY_LINE);
+        let rootfs = dir.0.join("rootfs");
+        make_busybox_rootfs(&rootfs);
+        let client = ttrpc::Client::connect(&unix_addr(&sock)).expect("connecting to agent");
+        Harness {
+            agent,
+            dir,
+            sock,
+            rootfs,
+            api: ContainersClient::new(client),
+        }
+    }
+
+    fn create(
+        &self,
+        id: &str,
+        spec: &Value,
+        stdio: (bool, bool, bool),
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        self.api.create_container(
+            ctx(),
+            &CreateContainerRequest {
+                container_id: id.into(),
+                spec_json: spec.to_string().into_bytes(),
+                rootfs: self.rootfs.display().to_string(),
+                stdio: stdio_request(stdio),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn start_container(&self, id: &str) {
+        self.api
+            .start_container(
+                ctx(),
+                &StartContainerRequest {
+                    container_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .expect("StartContainer");
+    }
+
+    fn wait(&self, id: &str, exec_id: &str) -> ProcessExit {
+        // Longer than other calls: under emulation (in-guest.sh) a process
+        // can take a while to get where the test wants it.
+        let r = self
+            .api
+            .wait_process(
+                ttrpc::context::with_duration(std::time::Duration::from_secs(120)),
+                &WaitProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    ..Default::default()
+                },
+            )
+            .expect("WaitProcess");
+        r.exit.into_option().expect("exit in WaitProcess reply")
+    }
+
+    fn signal(&self, id: &str, exec_id: &str, signal: i32) -> ttrpc::Result<()> {
+        self.api
+            .signal_process(
+                ctx(),
+                &SignalProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    signal: signal as u32,
+                    ..Default::default()
+                },
+            )
+            .map(drop)
+    }
+
+    fn remove(&self, id: &str, force: bool) -> ttrpc::Result<()> {
+        self.api
+            .remove_container(
+                ctx(),
+                &RemoveContainerRequest {
+                    container_id: id.into(),
+                    force,
+                    ..Default::default()
+                },
+            )
+            .map(drop)
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &Value,
+        stdio: (bool, bool, bool),
+    ) -> ttrpc::Result<(u32, [u32; 3])> {
+        self.api
+            .exec_process(
+                ctx(),
+                &ExecProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    process_json: process.to_string().into_bytes(),
+                    stdio: stdio_request(stdio),
+                    ..Default::default()
+                },
+            )
+            .map(|r| {
+                let p = r.stdio.into_option().unwrap_or_default();
+                (r.pid, [p.stdin_port, p.stdout_port, p.stderr_port])
+            })
+    }
+
+    /// Connects to a stdio port the way the shim does through hybrid vsock.
+    fn connect(&self, port: u32) -> UnixStream {
+        assert_ne!(port, 0, "port not allocated");
+        let mut path = self.sock.clone().into_os_string();
+        path.push(format!("_{port}"));
+        UnixStream::connect(PathBuf::from(path)).expect("connecting to a stdio port")
+    }
+
+    /// Reads a stdio port to its end on a thread.
+    fn collect(&self, port: u32) -> JoinHandle<String> {
+        let mut s = self.connect(port);
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("reading stdio");
+            out
+        })
+    }
+
+    /// Processes whose parent is the agent.
+    fn agent_children(&self) -> Vec<i32> {
+        let agent = self.agent.child.id() as i32;
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let after = s.rsplit_once(')')?.1.to_string();
+                        after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    })
+                    == Some(agent)
+            })
+            .collect()
+    }
+
+    /// Stdio sockets still listening (`agent.sock_<port>`).
+    fn stdio_sockets(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir.0)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("agent.sock_"))
+            .collect()
+    }
+
+    fn mountinfo(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.agent.child.id())).unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // SIGTERM: the host-mode agent kills its containers on the way out.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.agent.child.id() as i32, libc::SIGTERM) };
+        let _ = self.agent.child.wait();
+    }
+}
+
+fn stdio_request((stdin, stdout, stderr): (bool, bool, bool)) -> MessageField<StdioRequest> {
+    MessageField::some(StdioRequest {
+        stdin,
+        stdout,
+        stderr,
+        ..Default::default()
+    })
+}
+
+fn make_busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(out.stdout).unwrap().lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            let _ = symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    // For maskedPaths: a file and a directory every kernel has (unlike
+    // /proc/kcore or /proc/keys).
+    std::fs::write(root.join("etc/secret"), "secret\n").unwrap();
+    std::fs::create_dir_all(root.join("etc/secrets")).unwrap();
+    std::fs::write(root.join("etc/secrets/key"), "key\n").unwrap();
+}
+
+fn process(args: &[&str]) -> Value {
+    json!({
+        "args": args,
+        "env": ["PATH=/bin", "HOME=/root"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"],
+            "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"],
+            "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"],
+            "inheritable": [],
+            "ambient": []
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}],
+        "noNewPrivileges": true
+    })
+}
+
+/// What containerd's default spec looks like, trimmed to what busybox needs.
+fn spec(args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.1.0",
+        "root": {"path": "rootfs", "readonly": true},
+        "process": process(args),
+        "hostname": "palisade-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}, {"type": "cgroup"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/etc/secret", "/etc/secrets"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+fn code(e: &ttrpc::Error) -> (Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn runs_a_container_captures_its_output_and_exit_code() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-run");
+    let script = "echo hello from $$ on $(hostname); echo oops >&2; \
+                  touch /rootfs-is-writable 2>/dev/null && echo writable; \
+                  cat /etc/secret | wc -c; ls /etc/secrets | wc -l; ls /dev/null; \
+                  (echo x > /proc/sys/kernel/domainname) 2>&1 | grep -o 'Read-only file system' >&2; exit 3";
+    let created = h
+        .create("c1", &spec(&["sh", "-c", script]), (false, true, true))
+        .expect("CreateContainer");
+    assert!(created.pid > 0);
+    let ports = created.stdio.into_option().expect("stdio ports");
+    assert_eq!(ports.stdin_port, 0, "stdin was not asked for");
+    let out = h.collect(ports.stdout_port);
+    let err = h.collect(ports.stderr_port);
+    h.start_container("c1");
+
+    let exit = h.wait("c1", "");
+    assert_eq!(exit.exit_code, 3, "{exit:?}");
+    assert_eq!(exit.signal, 0);
+    assert_eq!(exit.pid, created.pid);
+    assert!(exit.exited_at_unix_ns > 0);
+    // The exit is reported only after the output was drained.
+    assert_eq!(
+        out.join().unwrap(),
+        "hello from 1 on palisade-test\n0\n0\n/dev/null\n"
+    );
+    // readonlyPaths: /proc/sys cannot be written.
+    assert_eq!(err.join().unwrap(), "oops\nRead-only file system\n");
+
+    let events = h
+        .api
+        .get_events(
+            ctx(),
+            &GetEventsRequest {
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        )
+        .expect("GetEvents");
+    let e = &events.events[0];
+    assert_eq!((e.sequence, e.container_id.as_str()), (1, "c1"));
+    match &e.kind {
+        Some(event::Kind::ProcessExited(p)) => {
+            assert_eq!(p.exec_id, "");
+            assert_eq!(p.exit.exit_code, 3);
+        }
+        other => panic!("want an exit event, got {other:?}"),
+    }
+
+    // Stopped: removable without force, then gone.
+    h.remove("c1", false).expect("RemoveContainer");
+    let (c, _) = code(&h.remove("c1", false).unwrap_err());
+    assert_eq!(c, Code::NOT_FOUND);
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+    assert!(h.stdio_sockets().is_empty(), "{:?}", h.stdio_sockets());
+}
+
+#[test]
+fn execs_into_a_running_container_and_signals_processes() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-exec");
+    h.create("c2", &spec(&["sleep", "1000"]), (false, false, false))
+        .expect("CreateContainer");
+    h.start_container("c2");
+
+    // An exec as another user, with stdin: it sees the init's pid namespace.
+    let mut p = process(&[
+        "sh",
+        "-c",
+        "read line; echo got $line as $(id -u):$(id -g); ps -o pid,comm | grep -c sleep",
+    ]);
+    p["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+    let (pid, [stdin, stdout, stderr]) = h
+        .exec("c2", "e1", &p, (true, true, true))
+        .expect("ExecProcess");
+    assert!(pid > 0);
+    let out = h.collect(stdout);
+    let err = h.collect(stderr);
+    let mut input = h.connect(stdin);
+    input.write_all(b"a line\n").unwrap();
+    input.shutdown(std::net::Shutdown::Write).unwrap();
+    let exit = h.wait("c2", "e1");
+    assert_eq!(exit.exit_code, 0, "stderr: {}", err.join().unwrap());
+    assert_eq!(out.join().unwrap(), "got a line as 1000:1000\n1\n");
+
+    // An exec id is used once.
+    let (c, _) = code(
+        &h.exec("c2", "e1", &process(&["true"]), (false, false, false))
+            .unwrap_err(),
+    );
+    assert_eq!(c, Code::ALREADY_EXISTS);
+    // A program that is not there: refused, nothing left running.
+    let (c, msg) = code(
+        &h.exec(
+            "c2",
+            "e-missing",
+            &process(&["no-such-program"]),
+            (false, true, false),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(c, Code::INTERNAL);
+    assert!(
+        msg.contains("no-such-program: not found in the container's PATH"),
+        "{msg}"
+    );
+
+    // SIGTERM to an exec'd sleep (not PID 1, so the default action kills).
+    let (sleeper, _) = h
+        .exec(
+            "c2",
+            "e2",
+            &process(&["sleep", "1000"]),
+            (false, false, false),
+        )
+        .expect("exec sleep");
+    let pids = h
+        .api
+        .list_processes(
+            ctx(),
+            &ListProcessesRequest {
+                container_id: "c2".into(),
+                ..Default::default()
+            },
+        )
+        .expect("ListProcesses")
+        .pids;
+    assert!(pids.contains(&sleeper), "{pids:?} lacks {sleeper}");
+    h.signal("c2", "e2", libc::SIGTERM).expect("SignalProcess");
+    let exit = h.wait("c2", "e2");
+    assert_eq!((exit.exit_code, exit.signal), (128 + 15, 15));
+    let (c, _) = code(&h.signal("c2", "e2", libc::SIGTERM).unwrap_err());
+    assert_eq!(c, Code::NOT_FOUND, "signalling an exited process");
+
+    let (c, _) = code(&h.signal("c2", "", 0).unwrap_err());
+    assert_eq!(c, Code::INVALID_ARGUMENT, "signal 0");
+
+    // A running container is removed only with force.
+    let (c, msg) = code(&h.remove("c2", false).unwrap_err());
+    assert_eq!(c, Code::FAILED_PRECONDITION, "{msg}");
+    // Cgroups are off in host mode: stats say so.
+    let (c, msg) = code(
+        &h.api
+            .stats_container(
+                ctx(),
+                &StatsContainerRequest {
+                    container_id: "c2".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+    );
+    assert_eq!(c, Code::FAILED_PRECONDITION);
+    assert!(msg.contains("needs cgroups"), "{msg}");
+
+    // SIGKILL the init; its pid namespace goes with it.
+    h.signal("c2", "", libc::SIGKILL).expect("SignalProcess");
+    let exit = h.wait("c2", "");
+    assert_eq!((exit.exit_code, exit.signal), (137, 9));
+    h.remove("c2", false).expect("RemoveContainer");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+    assert!(h.stdio_sockets().is_empty(), "{:?}", h.stdio_sockets());
+}
+
+#[test]
+fn stdin_reaches_the_init_process_and_close_stdin_ends_it() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-stdin");
+    let created = h
+        .create("c3", &spec(&["cat"]), (true, true, false))
+        .expect("CreateContainer");
+    let ports = created.stdio.into_option().unwrap();
+    let out = h.collect(ports.stdout_port);
+    let mut input = h.connect(ports.stdin_port);
+    h.start_container("c3");
+    input.write_all(b"one\ntwo\n").unwrap();
+    // Give the bytes time to be in the agent before closing by RPC.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    h.api
+        .close_stdin(
+            ctx(),
+            &CloseStdinRequest {
+                container_id: "c3".into(),
+                ..Default::default()
+            },
+        )
+        .expect("CloseStdin");
+    let exit = h.wait("c3", "");
+    assert_eq!(exit.exit_code, 0);
+    assert_eq!(out.join().unwrap(), "one\ntwo\n");
+    h.remove("c3", false).expect("RemoveContainer");
+}
+
+#[test]
+fn seccomp_profile_is_enforced() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-seccomp");
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/x || echo denied; echo still running",
+    ]);
+    s["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let created = h
+        .create("c4", &s, (false, true, true))
+        .expect("CreateContainer");
+    let ports = created.stdio.into_option().unwrap();
+    let out = h.collect(ports.stdout_port);
+    let err = h.collect(ports.stderr_port);
+    h.start_container("c4");
+    assert_eq!(h.wait("c4", "").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "denied\nstill running\n");
+    assert!(err.join().unwrap().contains("Operation not permitted"));
+    h.remove("c4", false).expect("RemoveContainer");
+}
+
+#[test]
+fn bad_specs_are_refused_and_leave_nothing_behind() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-bad");
+    let mountinfo = h.mountinfo();
+    let mut cases: Vec<(&str, Value, &str)> = Vec::new();
+
+    let mut s = spec(&["true"]);
+    s.as_object_mut().unwrap().remove("root");
+    cases.push(("missing root", s, "no `root`"));
+    let mut s = spec(&["true"]);
+    s["mounts"][0]["destination"] = "proc".into();
+    cases.push(("relative mount destination", s, "not absolute"));
+    let mut s = spec(&["true"]);
+    s["mounts"][5]["destination"] = "/tmp/../../../etc".into();
+    cases.push(("escaping mount destination", s, "\"..\""));
+    let mut s = spec(&["true"]);
+    s["linux"]["namespaces"][1]["type"] = "bogus".into();
+    cases.push(("unknown namespace", s, "linux.namespaces[1].type"));
+    let mut s = spec(&["true"]);
+    s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 7, "value": 0, "op": "SCMP_CMP_EQ"}]}]});
+    cases.push(("invalid seccomp", s, "argument index 7"));
+    let mut s = spec(&["true"]);
+    s["process"]["user"]["uid"] = 4294967295u32.into();
+    cases.push(("bad uid", s, "(uid_t)-1"));
+    let mut s = spec(&["true"]);
+    s["process"]["user"]["uid"] = "nobody".into();
+    cases.push(("uid not a number", s, "process.user.uid"));
+
+    for (what, s, want) in &cases {
+        let e = h.create("bad", s, (true, true, true)).expect_err(what);
+        let (c, msg) = code(&e);
+        assert_eq!(c, Code::INVALID_ARGUMENT, "{what}: {msg}");
+        assert!(msg.contains(want), "{what}: {msg:?} lacks {want:?}");
+    }
+
+    // Failures after the init process started: it is killed and reaped.
+    let mut s = spec(&["no-such-program"]);
+    s["process"]["env"] = json!(["PATH=/bin:/usr/bin"]);
+    let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL);
+    assert!(
+        msg.contains("finding the program") && msg.contains("no-such-program"),
+        "{msg}"
+    );
+    let mut s = spec(&["true"]);
+    s["mounts"][1]["type"] = "no-such-fs".into();
+    let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL);
+    assert!(msg.contains("mounting no-such-fs on /dev"), "{msg}");
+    let mut s = spec(&["true"]);
+    s["process"]["cwd"] = "/no/such/dir".into();
+    let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
+    assert!(msg.contains("/no/such/dir"), "{c:?} {msg}");
+
+    assert!(
+        h.agent_children().is_empty(),
+        "processes left: {:?}",
+        h.agent_children()
+    );
+    assert!(
+        h.stdio_sockets().is_empty(),
+        "ports left: {:?}",
+        h.stdio_sockets()
+    );
+    assert_eq!(h.mountinfo(), mountinfo, "the agent's mounts changed");
+    // The id is free again.
+    h.create("bad", &spec(&["true"]), (false, false, false))
+        .expect("a good spec after bad ones");
+    h.remove("bad", false)
+        .expect("removing a created container");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
+/// The cgroup v2 hierarchy this host has (empty of most controllers, but
+/// with the core files: cgroup.procs, cgroup.freeze, cgroup.kill, cpu.stat).
+const HOST_CGROUP2: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup2 hierarchy to test with: `PALISADE_TEST_CGROUP_ROOT` (e.g. a
+/// guest's /sys/fs/cgroup, with controllers), else this host's unified one.
+fn host_cgroup2() -> Option<String> {
+    let root = std::env::var("PALISADE_TEST_CGROUP_ROOT").unwrap_or_else(|_| HOST_CGROUP2.into());
+    let ok = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(&format!(" {root} ")) && l.contains(" - cgroup2 "));
+    ok.then_some(root)
+}
+
+/// Whether `root` delegates `controller` to its children.
+fn has_controller(root: &str, controller: &str) -> bool {
+    std::fs::read_to_string(Path::new(root).join("cgroup.subtree_control"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == controller)
+}
+
+#[test]
+fn cgroup_v2_pause_resume_stats_and_cleanup() {
+    if !can_run() {
+        return;
+    }
+    let Some(root) = host_cgroup2() else {
+        eprintln!("skipping: no cgroup2 at {HOST_CGROUP2}");
+        return;
+    };
+    let root = root.as_str();
+    let h = Harness::start_with("ctr-cgroup", &["--cgroup-root", root]);
+    let id = format!("cg-{}", std::process::id());
+    let dir = Path::new(root).join("palisade").join(&id);
+    h.create(&id, &spec(&["sleep", "1000"]), (false, false, false))
+        .expect("CreateContainer");
+    assert!(dir.is_dir(), "no cgroup at {}", dir.display());
+    h.start_container(&id);
+    let in_cgroup = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    let pids = h
+        .api
+        .list_processes(
+            ctx(),
+            &ListProcessesRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .pids;
+    assert_eq!(pids.len(), 1);
+    assert_eq!(in_cgroup.trim(), pids[0].to_string());
+
+    // An exec lands in the cgroup, and its cgroup namespace is rooted there.
+    let (_, [_, out, _]) = h
+        .exec(
+            &id,
+            "e1",
+            &process(&["sh", "-c", "grep ^0:: /proc/self/cgroup"]),
+            (false, true, false),
+        )
+        .expect("ExecProcess");
+    let out = h.collect(out);
+    assert_eq!(h.wait(&id, "e1").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "0::/\n");
+
+    let req = |id: &str| PauseContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    h.api
+        .pause_container(ctx(), &req(&id))
+        .expect("PauseContainer");
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    let (c, _) = code(
+        &h.exec(&id, "e2", &process(&["true"]), (false, false, false))
+            .unwrap_err(),
+    );
+    assert_eq!(c, Code::FAILED_PRECONDITION, "exec into a paused container");
+    let (c, _) = code(&h.api.pause_container(ctx(), &req(&id)).unwrap_err());
+    assert_eq!(c, Code::FAILED_PRECONDITION, "pausing twice");
+    h.api
+        .resume_container(
+            ctx(),
+            &ResumeContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .expect("ResumeContainer");
+    assert!(std::fs::read_to_string(dir.join("cgroup.events"))
+        .unwrap()
+        .contains("frozen 0"));
+
+    let stats = h
+        .api
+        .stats_container(
+            ctx(),
+            &StatsContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .expect("StatsContainer");
+    assert!(stats.cpu.usage_usec > 0, "{stats:?}");
+    h.api
+        .update_container(
+            ctx(),
+            &UpdateContainerRequest {
+                container_id: id.clone(),
+                resources_json: b"{}".to_vec(),
+                ..Default::default()
+            },
+        )
+        .expect("UpdateContainer with nothing to change");
+    let (c, msg) = code(
+        &h.api
+            .update_container(
+                ctx(),
+                &UpdateContainerRequest {
+                    container_id: id.clone(),
+                    resources_json: br#"{"memory":{"swap":1}}"#.to_vec(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+    );
+    assert_eq!(c, Code::INVALID_ARGUMENT, "{msg}");
+
+    // Signal all, through cgroup.procs.
+    h.api
+        .signal_process(
+            ctx(),
+            &SignalProcessRequest {
+                container_id: id.clone(),
+                signal: libc::SIGKILL as u32,
+                all: true,
+                ..Default::default()
+            },
+        )
+        .expect("SignalProcess all");
+    assert_eq!(h.wait(&id, "").signal, 9);
+    h.remove(&id, false).expect("RemoveContainer");
+    assert!(!dir.exists(), "cgroup left behind");
+    // The agent's parent directory stays for the next container; tidy the
+    // host's hierarchy anyway.
+    let _ = std::fs::remove_dir(Path::new(root).join("palisade"));
+}
+
+#[test]
+fn output_written_before_the_shim_connects_is_not_lost() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-nolost");
+    let created = h
+        .create(
+            "c5",
+            &spec(&["sh", "-c", "yes 0123456789 | head -c 2000000; exit 7"]),
+            (false, true, false),
+        )
+        .expect("CreateContainer");
+    let port = created.stdio.into_option().unwrap().stdout_port;
+    h.start_container("c5");
+    // The process fills the pipe and blocks; its exit must wait for us.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pending = h
+        .api
+        .get_events(
+            ctx(),
+            &GetEventsRequest {
+                timeout_ms: 0,
+                ..Default::default()
+            },
+        )
+        .expect("GetEvents");
+    assert!(
+        pending.events.is_empty(),
+        "exit reported before output drained: {pending:?}"
+    );
+    let out = h.collect(port);
+    let exit = h.wait("c5", "");
+    assert_eq!(exit.exit_code, 7);
+    let out = out.join().unwrap();
+    assert_eq!(out.len(), 2_000_000);
+    assert!(out.starts_with("0123456789\n0123456789\n"));
+    h.remove("c5", false).expect("RemoveContainer");
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-tty");
+    h.create("c6", &spec(&["sleep", "1000"]), (false, false, false))
+        .expect("CreateContainer");
+    h.start_container("c6");
+    let mut p = process(&["sh", "-c", "read x; stty size; echo done"]);
+    p["terminal"] = true.into();
+    let (_, [stdin, stdout, stderr]) = h
+        .exec("c6", "t1", &p, (true, true, true))
+        .expect("ExecProcess");
+    assert_eq!(stderr, 0, "a terminal has no separate stderr");
+    let out = h.collect(stdout);
+    h.api
+        .resize_terminal(
+            ctx(),
+            &palisade_protocols::containers::ResizeTerminalRequest {
+                container_id: "c6".into(),
+                exec_id: "t1".into(),
+                rows: 40,
+                cols: 100,
+                ..Default::default()
+            },
+        )
+        .expect("ResizeTerminal");
+    let mut input = h.connect(stdin);
+    input.write_all(b"go\n").unwrap();
+    assert_eq!(h.wait("c6", "t1").exit_code, 0);
+    let out = out.join().unwrap();
+    // The terminal echoes input and turns \n into \r\n.
+    assert!(
+        out.contains("40 100\r\n") && out.ends_with("done\r\n"),
+        "{out:?}"
+    );
+    h.remove("c6", true).expect("RemoveContainer with force");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
+/// Needs a cgroup2 root with the memory controller (a guest; not this
+/// host's unified hierarchy): set PALISADE_TEST_CGROUP_ROOT.
+#[test]
+fn oom_kill_is_reported_before_the_exit() {
+    if !can_run() {
+        return;
+    }
+    let Some(root) = host_cgroup2().filter(|r| has_controller(r, "memory")) else {
+        eprintln!("skipping: no cgroup2 root with the memory controller");
+        return;
+    };
+    let h = Harness::start_with("ctr-oom", &["--cgroup-root", &root]);
+    // tail keeps the last line, and /dev/zero has no newline: it grows
+    // until the limit.
+    let mut s = spec(&["tail", "/dev/zero"]);
+    s["linux"]["resources"] =
+        json!({"memory": {"limit": 33554432, "swap": 33554432}, "pids": {"limit": 64}});
+    h.create("oom", &s, (false, false, false))
+        .expect("CreateContainer");
+    let dir = Path::new(&root).join("palisade/oom");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("memory.max"))
+            .unwrap()
+            .trim(),
+        "33554432"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "64"
+    );
+    h.start_container("oom");
+    let exit = h.wait("oom", "");
+    assert_eq!(exit.signal, 9, "{exit:?}");
+    let events = h
+        .api
+        .get_events(
+            ctx(),
+            &GetEventsRequest {
+                timeout_ms: 5000,
+                ..Default::default()
+            },
+        )
+        .expect("GetEvents")
+        .events;
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| match &e.kind {
+            Some(event::Kind::OomKilled(_)) => "oom",
+            Some(event::Kind::ProcessExited(_)) => "exit",
+            _ => "?",
+        })
+        .collect();
+    assert_eq!(kinds, ["oom", "exit"], "{events:?}");
+    let stats = h
+        .api
+        .stats_container(
+            ctx(),
+            &StatsContainerRequest {
+                container_id: "oom".into(),
+                ..Default::default()
+            },
+        )
+        .expect("StatsContainer");
+    assert!(stats.memory.oom_kill_events >= 1, "{stats:?}");
+    assert_eq!(stats.memory.max, 33554432);
+    assert_eq!(stats.pids.max, 64);
+    h.remove("oom", false).expect("RemoveContainer");
+    assert!(!dir.exists());
+
+    // An OOM kill of a process the agent does not track (a child of the
+    // init) is reported while the container keeps running: the init waits
+    // on stdin until the test has seen the event.
+    let after = events.last().map_or(0, |e| e.sequence);
+    let mut s = spec(&["sh", "-c", "tail /dev/zero; echo survived; read x"]);
+    s["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    let created = h
+        .create("oom2", &s, (true, true, false))
+        .expect("CreateContainer");
+    let ports = created.stdio.into_option().unwrap();
+    let out = h.collect(ports.stdout_port);
+    let mut input = h.connect(ports.stdin_port);
+    h.start_container("oom2");
+    let events = h
+        .api
+        .get_events(
+            ttrpc::context::with_duration(std::time::Duration::from_secs(120)),
+            &GetEventsRequest {
+                after_sequence: after,
+                timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .expect("GetEvents")
+        .events;
+    assert_eq!(events.len(), 1, "want only the OOM kill so far: {events:?}");
+    assert!(
+        matches!(&events[0].kind, Some(event::Kind::OomKilled(_)))
+            && events[0].container_id == "oom2",
+        "{events:?}"
+    );
+    input.write_all(b"done\n").unwrap();
+    assert_eq!(h.wait("oom2", "").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "survived\n");
+    h.remove("oom2", false).expect("RemoveContainer");
+}
