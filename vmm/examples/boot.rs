@@ -1,16 +1,36 @@
 //! Developer tool: boot a VM with the VMM library alone, printing its
-//! events. `cargo run --example boot -- KERNEL INITRD [VSOCK_SOCKET]`
-//! (the serial console goes to stdout).
+//! events. `cargo run --example boot -- KERNEL INITRD [VSOCK_SOCKET]
+//! [KERNEL_PARAMS] [SHARED_DIR]` (the serial console goes to stdout; an
+//! empty VSOCK_SOCKET means no vsock device; SHARED_DIR is exported over
+//! virtio-fs with the tag `palisade`). `BOOT_VCPUS` sets the vCPU count
+//! (default 1); the VMM's warnings and errors go to stderr.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use palisade_vmm::{monotonic_ns, run_vm, VmConfig, VsockConfig};
+use palisade_vmm::{monotonic_ns, run_vm, SharedFsConfig, VmConfig, VsockConfig};
+
+/// Prints the VMM's log records (warnings and up) on stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}: {}", record.level(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
 
 fn main() {
+    static LOGGER: StderrLog = StderrLog;
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
-        eprintln!("usage: boot KERNEL INITRD [VSOCK_SOCKET] [KERNEL_PARAMS]");
+        eprintln!("usage: boot KERNEL INITRD [VSOCK_SOCKET] [KERNEL_PARAMS] [SHARED_DIR]");
         std::process::exit(2);
     }
     let start = monotonic_ns();
@@ -18,12 +38,19 @@ fn main() {
         kernel: PathBuf::from(&args[0]),
         initrd: Some(PathBuf::from(&args[1])),
         kernel_params: args.get(3).cloned().unwrap_or_default(),
-        vcpus: 1,
+        vcpus: std::env::var("BOOT_VCPUS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         memory_mib: 128,
         serial_log: Some(PathBuf::from("/dev/stdout")),
-        vsock: args.get(2).map(|p| VsockConfig {
+        vsock: args.get(2).filter(|p| !p.is_empty()).map(|p| VsockConfig {
             guest_cid: 3,
             uds_path: PathBuf::from(p),
+        }),
+        shared_fs: args.get(4).map(|dir| SharedFsConfig {
+            tag: "palisade".into(),
+            dir: PathBuf::from(dir),
         }),
     };
     let events =

@@ -20,6 +20,8 @@ pub struct VmConfig {
     pub serial_log: Option<PathBuf>,
     /// The virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// A host directory exported to the guest over virtio-fs, if any.
+    pub shared_fs: Option<SharedFsConfig>,
 }
 
 /// virtio-vsock with the hybrid unix-socket backend: host-initiated
@@ -29,4 +31,15 @@ pub struct VmConfig {
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+}
+
+/// A host directory exported over virtio-fs. The guest mounts it with
+/// `mount -t virtiofs <tag> <mountpoint>`; it sees that directory and
+/// nothing outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFsConfig {
+    /// The name the guest mounts: 1 to 36 bytes, no NUL.
+    pub tag: String,
+    /// The exported directory (must exist).
+    pub dir: PathBuf,
 }

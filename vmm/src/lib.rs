@@ -2,9 +2,10 @@
 //!
 //! One [`Vmm`] runs one microVM: guest memory, vCPU threads, an 8250 serial
 //! console, an i8042 reset line, and virtio-mmio devices (virtio-vsock with
-//! the hybrid unix-socket backend). It is meant to run in a process of its
-//! own (the shim re-executes itself), never inside the process that talks
-//! to containerd: everything here treats the guest as hostile.
+//! the hybrid unix-socket backend; virtio-fs exporting one host directory).
+//! It is meant to run in a process of its own (the shim re-executes
+//! itself), never inside the process that talks to containerd: everything
+//! here treats the guest as hostile.
 
 pub mod arch;
 pub mod config;
@@ -13,7 +14,7 @@ pub mod event_loop;
 mod vmm;
 pub mod vstate;
 
-pub use config::{VmConfig, VsockConfig};
+pub use config::{SharedFsConfig, VmConfig, VsockConfig};
 
 /// What the VMM reports while the VM boots and runs. Timestamps are
 /// CLOCK_MONOTONIC nanoseconds, comparable across processes on one host.

@@ -17,6 +17,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::{boot, layout, mptable, regs};
 use crate::devices::bus::{lock, Bus, BusDevice, OverlapError};
 use crate::devices::legacy::{BootSignalPort, EventFdTrigger, ResetController, SerialConsole};
+use crate::devices::virtio::fs::{self as virtio_fs, VirtioFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -49,6 +50,8 @@ pub enum Error {
     Vcpu(#[from] vcpu::VcpuError),
     #[error(transparent)]
     Vsock(#[from] crate::devices::virtio::vsock::backend::BackendError),
+    #[error(transparent)]
+    SharedFs(#[from] virtio_fs::FsError),
     #[error("device layout: {0}")]
     Bus(#[from] OverlapError),
     #[error("cannot open the serial log {path}: {source}")]
@@ -96,6 +99,9 @@ fn validate(config: &VmConfig) -> Result<(), Error> {
                 u32::MAX
             )));
         }
+    }
+    if let Some(fs) = &config.shared_fs {
+        virtio_fs::validate(fs)?;
     }
     Ok(())
 }
@@ -244,6 +250,20 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
             .add_handler(vsock)
             .map_err(io("polling the vsock device"))?;
     }
+    if let Some(f) = &config.shared_fs {
+        // After the vsock device: exporting a directory sets the process
+        // umask to 0 (see `passthrough::new_passthrough`), and the vsock
+        // socket is made with the VMM's own umask.
+        let fs = Arc::new(Mutex::new(VirtioFs::new(f)?));
+        // This thread serves virtio-fs and starts the vCPU threads: from
+        // here on no VMM thread can create device nodes in the share.
+        virtio_fs::passthrough::restrict_thread_capabilities()
+            .map_err(io("dropping capabilities for virtio-fs"))?;
+        virtio_slots.push(attach_virtio(&vm, &mem, &mut mmio, fs.clone(), 1)?);
+        event_loop
+            .add_handler(fs)
+            .map_err(io("polling the virtio-fs device"))?;
+    }
 
     let guest = boot::load_kernel(&mem, &config.kernel)?;
     let initrd = match &config.initrd {
@@ -315,7 +335,7 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
         }
     };
     stop_vcpus(&shared, threads);
-    drop(event_loop); // closes the vsock device: sockets are removed
+    drop(event_loop); // closes the devices: vsock sockets are removed
     outcome
 }
 

@@ -1,5 +1,6 @@
 //! virtio devices over the MMIO transport.
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
