@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
-use palisade_vmm::{VmConfig, VsockConfig};
+use palisade_vmm::{SharedFsConfig, VmConfig, VsockConfig};
 
 /// The hidden subcommand that turns either binary into a VMM process.
 pub const VMM_SUBCOMMAND: &str = "__vmm";
@@ -53,6 +53,10 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
         push("--vsock-uds", vsock.uds_path.clone().into());
         push("--guest-cid", vsock.guest_cid.to_string().into());
     }
+    if let Some(fs) = &config.shared_fs {
+        push("--shared-dir", fs.dir.clone().into());
+        push("--shared-tag", fs.tag.clone().into());
+    }
     args
 }
 
@@ -66,6 +70,8 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut serial_log = None;
     let mut vsock_uds = None;
     let mut guest_cid = None;
+    let mut shared_dir = None;
+    let mut shared_tag = None;
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -78,6 +84,8 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             Some("--serial-log") => "--serial-log",
             Some("--vsock-uds") => "--vsock-uds",
             Some("--guest-cid") => "--guest-cid",
+            Some("--shared-dir") => "--shared-dir",
+            Some("--shared-tag") => "--shared-tag",
             _ => return Err(ArgsError::Unknown(arg.clone())),
         };
         let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
@@ -89,6 +97,8 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             "--memory-mib" => set(&mut memory_mib, flag, number::<u32>(flag, value)?)?,
             "--serial-log" => set(&mut serial_log, flag, PathBuf::from(value))?,
             "--vsock-uds" => set(&mut vsock_uds, flag, PathBuf::from(value))?,
+            "--shared-dir" => set(&mut shared_dir, flag, PathBuf::from(value))?,
+            "--shared-tag" => set(&mut shared_tag, flag, utf8(flag, value)?)?,
             _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
     }
@@ -101,6 +111,14 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             reason: "a VM needs at least one vCPU",
         });
     }
+    // The two go together: a tag without a directory, or the reverse, is a
+    // supervisor bug, not something to default.
+    let shared_fs = match (shared_dir, shared_tag) {
+        (Some(dir), Some(tag)) => Some(SharedFsConfig { tag, dir }),
+        (None, None) => None,
+        (Some(_), None) => return Err(ArgsError::Required("--shared-tag")),
+        (None, Some(_)) => return Err(ArgsError::Required("--shared-dir")),
+    };
     Ok(VmConfig {
         kernel: kernel.ok_or(ArgsError::Required("--kernel"))?,
         initrd,
@@ -112,6 +130,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             guest_cid: guest_cid.unwrap_or(GUEST_CID),
             uds_path,
         }),
+        shared_fs,
     })
 }
 
@@ -165,6 +184,10 @@ mod tests {
                 guest_cid: 3,
                 uds_path: "/run/palisade/x/vsock.sock".into(),
             }),
+            shared_fs: Some(SharedFsConfig {
+                tag: "palisade".into(),
+                dir: "/run/palisade/x/shared".into(),
+            }),
         }
     }
 
@@ -177,9 +200,40 @@ mod tests {
             kernel_params: String::new(),
             serial_log: None,
             vsock: None,
+            shared_fs: None,
             ..sample()
         };
         assert_eq!(parse(&to_args(&minimal)), Ok(minimal));
+    }
+
+    #[test]
+    fn shared_dir_and_tag_come_together() {
+        let base = ["--kernel", "/k", "--vcpus", "1", "--memory-mib", "64"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&os(&v))
+        };
+        let config = with(&["--shared-tag", "t", "--shared-dir", "/s"]).expect("both");
+        assert_eq!(
+            config.shared_fs,
+            Some(SharedFsConfig {
+                tag: "t".into(),
+                dir: "/s".into()
+            })
+        );
+        assert_eq!(
+            with(&["--shared-dir", "/s"]),
+            Err(ArgsError::Required("--shared-tag"))
+        );
+        assert_eq!(
+            with(&["--shared-tag", "t"]),
+            Err(ArgsError::Required("--shared-dir"))
+        );
+        assert_eq!(
+            with(&["--shared-tag", "t", "--shared-tag", "u"]),
+            Err(ArgsError::Duplicate("--shared-tag"))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use palisade_vmm::VmExit;
-use palisade_vmm::{VmConfig, VsockConfig};
+use palisade_vmm::{SharedFsConfig, VmConfig, VsockConfig};
 
 use super::args::{self, GUEST_CID, VMM_SUBCOMMAND};
 use super::protocol::{read_line_bounded, Line, VmmMessage, MAX_LINE_LEN};
@@ -36,6 +36,10 @@ const STDERR_LINE_MAX: usize = 1024;
 const STDERR_SETTLE: Duration = Duration::from_millis(500);
 /// Polling step while waiting for the process to be reapable.
 const REAP_POLL: Duration = Duration::from_millis(2);
+/// The directory under the sandbox directory exported to the guest over
+/// virtio-fs, and the tag the agent mounts it by.
+const SHARED_DIR: &str = "shared";
+const SHARED_FS_TAG: &str = "palisade";
 
 /// What the VMM process has reported so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +130,13 @@ pub enum VmmProcessError {
     #[error("the VMM process (pid {pid}) broke its output protocol: {detail}")]
     Protocol { pid: u32, detail: String },
 
+    #[error("cannot create the shared directory {}", .path.display())]
+    SharedDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("cannot wait for the VMM process (pid {pid})")]
     Wait {
         pid: u32,
@@ -214,6 +225,7 @@ impl VmmProcess {
         hypervisor: &HypervisorConfig,
         sandbox: &SandboxDir,
     ) -> Result<Self, VmmProcessError> {
+        let shared_dir = create_shared_dir(sandbox.path())?;
         let config = VmConfig {
             kernel: hypervisor.kernel.clone(),
             initrd: Some(hypervisor.initrd.clone()),
@@ -224,6 +236,10 @@ impl VmmProcess {
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: sandbox.vsock_socket(),
+            }),
+            shared_fs: Some(SharedFsConfig {
+                tag: SHARED_FS_TAG.to_owned(),
+                dir: shared_dir,
             }),
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];
@@ -496,6 +512,20 @@ impl Drop for VmmProcess {
     }
 }
 
+/// Makes `<sandbox>/shared`, which the VMM exports (it must exist when the
+/// VMM starts). 0755 because the guest sees these permissions on its mount
+/// point; host users are kept out by the sandbox directory's 0700. An
+/// existing directory is reused: a restarted VMM serves the same share.
+fn create_shared_dir(sandbox: &Path) -> Result<PathBuf, VmmProcessError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = sandbox.join(SHARED_DIR);
+    match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+        Ok(()) => Ok(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(path),
+        Err(source) => Err(VmmProcessError::SharedDir { path, source }),
+    }
+}
+
 /// Runs in the child between fork and exec.
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
@@ -727,6 +757,28 @@ mod tests {
                 other => panic!("expected SIGKILL from PR_SET_PDEATHSIG, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn makes_the_shared_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = create_shared_dir(dir.path()).expect("create");
+        assert_eq!(shared, dir.path().join("shared"));
+        let mode = std::fs::metadata(&shared)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(create_shared_dir(dir.path()).expect("reuse"), shared);
+        std::fs::remove_dir(&shared).expect("rmdir");
+        std::fs::write(&shared, b"in the way").expect("file");
+        let err = create_shared_dir(dir.path()).expect_err("a file is in the way");
+        assert!(
+            err.to_string()
+                .contains("cannot create the shared directory"),
+            "{err}"
+        );
     }
 
     #[test]
