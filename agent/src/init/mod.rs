@@ -73,6 +73,7 @@ pub fn run() -> Result<CmdlineOptions, InitError> {
         .mode(0o755)
         .create(RUN_DIR)
         .map_err(InitError::RunDir)?;
+    mount(&mounts::SHARED)?;
     Ok(opts)
 }
 

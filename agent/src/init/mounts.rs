@@ -26,6 +26,9 @@ pub enum MountError {
 }
 
 pub struct MountSpec {
+    /// What mount(2) gets as the source: the virtio-fs tag for virtiofs,
+    /// else only a name shown in /proc/mounts.
+    pub source: &'static str,
     pub fstype: &'static str,
     pub target: &'static str,
     pub flags: MsFlags,
@@ -44,6 +47,7 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
 /// Mounted first and alone: everything after it (the kernel command line,
 /// the log level) needs it.
 pub const PROC: MountSpec = MountSpec {
+    source: "proc",
     fstype: "proc",
     target: "/proc",
     flags: NOSUID_NODEV_NOEXEC,
@@ -53,6 +57,7 @@ pub const PROC: MountSpec = MountSpec {
 };
 
 pub const DEV: MountSpec = MountSpec {
+    source: "devtmpfs",
     fstype: "devtmpfs",
     target: "/dev",
     flags: MsFlags::MS_NOSUID,
@@ -64,6 +69,7 @@ pub const DEV: MountSpec = MountSpec {
 /// In order: parents before children.
 pub const AFTER_DEV: &[MountSpec] = &[
     MountSpec {
+        source: "devpts",
         fstype: "devpts",
         target: "/dev/pts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
@@ -74,6 +80,7 @@ pub const AFTER_DEV: &[MountSpec] = &[
         required: false,
     },
     MountSpec {
+        source: "tmpfs",
         fstype: "tmpfs",
         target: "/dev/shm",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
@@ -82,6 +89,7 @@ pub const AFTER_DEV: &[MountSpec] = &[
         required: false,
     },
     MountSpec {
+        source: "tmpfs",
         fstype: "tmpfs",
         target: "/run",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
@@ -90,6 +98,7 @@ pub const AFTER_DEV: &[MountSpec] = &[
         required: true,
     },
     MountSpec {
+        source: "cgroup2",
         fstype: "cgroup2",
         target: "/sys/fs/cgroup",
         flags: NOSUID_NODEV_NOEXEC,
@@ -99,7 +108,23 @@ pub const AFTER_DEV: &[MountSpec] = &[
     },
 ];
 
+/// The host's shared directory (virtio-fs, tag `palisade`): container root
+/// filesystems and volumes the shim places there. Optional: a VM started
+/// without a shared directory (a bare boot check) still serves. No nosuid
+/// or nodev: container images carry setuid programs, and the host side is
+/// protected by the VMM (see palisade-vmm's virtio-fs passthrough docs).
+pub const SHARED: MountSpec = MountSpec {
+    source: "palisade",
+    fstype: "virtiofs",
+    target: "/run/palisade/shared",
+    flags: MsFlags::empty(),
+    data: None,
+    dir_mode: 0o755,
+    required: false,
+};
+
 pub const SYS: MountSpec = MountSpec {
+    source: "sysfs",
     fstype: "sysfs",
     target: "/sys",
     flags: NOSUID_NODEV_NOEXEC,
@@ -135,7 +160,7 @@ pub fn mount_fs(spec: &MountSpec) -> Result<Outcome, MountError> {
         }
     }
     mount(
-        Some(spec.fstype),
+        Some(spec.source),
         spec.target,
         Some(spec.fstype),
         spec.flags,
