@@ -1,15 +1,21 @@
 //! The shim's client for the guest agent: dials through the VMM's hybrid
 //! vsock socket and speaks the agent API (`palisade-protocols`) over ttrpc.
 //! Every call has a deadline: the agent runs inside the guest, and nothing
-//! the guest does may hang the shim.
+//! the guest does may hang the shim. The container lifecycle calls are in
+//! [`containers`]; process stdio streams are opened with
+//! [`AgentClient::connect_port`].
+
+pub mod containers;
 
 use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use palisade_protocols::agent::{GetGuestDetailsRequest, ShutdownRequest};
 use palisade_protocols::agent_ttrpc::AgentClient as AgentServiceClient;
+use palisade_protocols::containers_ttrpc::ContainersClient;
 use palisade_protocols::health::check_response::ServingStatus;
 use palisade_protocols::health::{CheckRequest, VersionRequest};
 use palisade_protocols::health_ttrpc::HealthClient;
@@ -79,11 +85,85 @@ pub enum AgentError {
     IncompatibleApi { agent_version: String, theirs: u32 },
 }
 
+/// How the agent's ports are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// The VMM's hybrid vsock unix socket: `CONNECT <port>` per stream.
+    HybridVsock(PathBuf),
+    /// An agent in host test mode (`palisade-agent --listen unix://PATH`):
+    /// the API on PATH itself, stdio port P on `PATH_P`.
+    Unix(PathBuf),
+}
+
+impl Transport {
+    /// The socket named in errors.
+    pub fn socket(&self) -> &Path {
+        match self {
+            Transport::HybridVsock(p) | Transport::Unix(p) => p,
+        }
+    }
+
+    /// Opens a stream to the agent's `port`, within `timeout`.
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, HandshakeError> {
+        match self {
+            Transport::HybridVsock(socket) => hybrid_vsock::connect(socket, port, timeout),
+            Transport::Unix(socket) => {
+                let path = if port == AGENT_VSOCK_PORT {
+                    socket.clone()
+                } else {
+                    let mut name = socket.clone().into_os_string();
+                    name.push(format!("_{port}"));
+                    PathBuf::from(name)
+                };
+                UnixStream::connect(&path)
+                    .map_err(|source| HandshakeError::Connect { socket: path, source })
+            }
+        }
+    }
+}
+
+impl AgentError {
+    /// The ttrpc status code the agent answered with, if it answered.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => status.code.enum_value().ok(),
+            _ => None,
+        }
+    }
+
+    /// The agent's own words for a refused call (sanitized), else the
+    /// whole error chain.
+    pub fn message(&self) -> String {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => sanitize_message(&status.message),
+            other => crate::error_chain(other),
+        }
+    }
+
+    /// The agent is gone (connection lost, not a refusal): the VM is dead or
+    /// dying.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Rpc {
+                source: ttrpc::Error::Socket(_) | ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed,
+                ..
+            }
+        )
+    }
+}
+
 /// Where and how long to dial.
 #[derive(Debug, Clone)]
 pub struct DialOptions {
-    /// The VMM's hybrid vsock unix socket.
-    pub socket: PathBuf,
+    /// How the agent is reached.
+    pub transport: Transport,
     /// The guest console log, named in errors as the place to look.
     pub console_log: PathBuf,
     /// Total time to keep trying; covers the guest's boot.
@@ -121,6 +201,8 @@ pub struct AgentVersion {
 pub struct AgentClient {
     health: HealthClient,
     agent: AgentServiceClient,
+    containers: ContainersClient,
+    transport: Transport,
     rpc_timeout: Duration,
     dial_attempts: u32,
 }
@@ -142,7 +224,7 @@ pub fn dial(
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(AgentError::DialTimeout {
-                socket: options.socket.clone(),
+                socket: options.transport.socket().to_owned(),
                 console_log: options.console_log.clone(),
                 timeout: options.timeout,
                 attempts,
@@ -150,17 +232,18 @@ pub fn dial(
             });
         }
         attempts += 1;
-        match hybrid_vsock::connect(
-            &options.socket,
-            AGENT_VSOCK_PORT,
-            remaining.min(ATTEMPT_TIMEOUT),
-        ) {
+        match options
+            .transport
+            .connect(AGENT_VSOCK_PORT, remaining.min(ATTEMPT_TIMEOUT))
+        {
             Ok(stream) => {
                 let client =
                     ttrpc::Client::new(stream.into_raw_fd()).map_err(AgentError::Client)?;
                 return Ok(AgentClient {
                     health: HealthClient::new(client.clone()),
-                    agent: AgentServiceClient::new(client),
+                    agent: AgentServiceClient::new(client.clone()),
+                    containers: ContainersClient::new(client),
+                    transport: options.transport.clone(),
                     rpc_timeout: options.rpc_timeout,
                     dial_attempts: attempts,
                 });
@@ -176,6 +259,19 @@ pub fn dial(
 }
 
 impl AgentClient {
+    /// How this client reaches the agent.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Opens the stream of a stdio `port` the agent handed out (see
+    /// `containers.proto`), within the RPC deadline.
+    pub fn connect_port(&self, port: u32) -> Result<UnixStream, AgentError> {
+        self.transport
+            .connect(port, self.rpc_timeout)
+            .map_err(AgentError::Handshake)
+    }
+
     /// Handshakes it took to reach the agent, the successful one included.
     pub fn dial_attempts(&self) -> u32 {
         self.dial_attempts
@@ -255,15 +351,21 @@ impl AgentClient {
         method: &'static str,
         rpc: impl FnOnce(ttrpc::context::Context) -> ttrpc::Result<T>,
     ) -> Result<T, AgentError> {
+        self.call_within(method, self.rpc_timeout, rpc)
+    }
+
+    fn call_within<T>(
+        &self,
+        method: &'static str,
+        timeout: Duration,
+        rpc: impl FnOnce(ttrpc::context::Context) -> ttrpc::Result<T>,
+    ) -> Result<T, AgentError> {
         let start = Instant::now();
-        let result = rpc(ttrpc::context::with_duration(self.rpc_timeout));
+        let result = rpc(ttrpc::context::with_duration(timeout));
         result.map_err(|source| {
             // ttrpc 0.9 reports its own timeout only as a generic error.
-            if start.elapsed() >= self.rpc_timeout {
-                AgentError::RpcTimeout {
-                    method,
-                    timeout: self.rpc_timeout,
-                }
+            if start.elapsed() >= timeout {
+                AgentError::RpcTimeout { method, timeout }
             } else {
                 AgentError::Rpc { method, source }
             }
@@ -272,10 +374,21 @@ impl AgentClient {
 }
 
 impl DialOptions {
+    /// Dialing a guest through its VMM's hybrid vsock `socket`.
     pub fn new(socket: &Path, console_log: &Path, timeout: Duration) -> Self {
         Self {
-            socket: socket.to_owned(),
+            transport: Transport::HybridVsock(socket.to_owned()),
             console_log: console_log.to_owned(),
+            timeout,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+        }
+    }
+
+    /// Dialing an agent in host test mode listening on `socket`.
+    pub fn unix_agent(socket: &Path, timeout: Duration) -> Self {
+        Self {
+            transport: Transport::Unix(socket.to_owned()),
+            console_log: PathBuf::from("(no console: an agent on the host)"),
             timeout,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
         }
@@ -291,6 +404,21 @@ fn sanitize(s: &str) -> String {
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
     if s.chars().count() > MAX_GUEST_STRING {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Agent error messages are longer than other guest strings (they name
+/// spec fields and paths) but get the same treatment.
+fn sanitize_message(s: &str) -> String {
+    const MAX_MESSAGE: usize = 2048;
+    let mut out: String = s
+        .chars()
+        .take(MAX_MESSAGE)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > MAX_MESSAGE {
         out.push_str("...");
     }
     out
