@@ -7,6 +7,8 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod hybrid_vsock;
+pub mod mount;
+pub mod sandbox;
 pub mod sandbox_dir;
 pub mod smaps;
 pub mod vmm_process;

@@ -12,6 +12,23 @@ pub const SANDBOX_ROOT: &str = "/run/palisade";
 
 const VSOCK_SOCKET: &str = "vsock.sock";
 const CONSOLE_LOG: &str = "console.log";
+/// Exported to the guest over virtio-fs.
+const SHARED_DIR: &str = "shared";
+
+/// The VMM's hybrid vsock socket in sandbox directory `dir`.
+pub fn vsock_socket(dir: &Path) -> PathBuf {
+    dir.join(VSOCK_SOCKET)
+}
+
+/// The guest's serial console output in sandbox directory `dir`.
+pub fn console_log(dir: &Path) -> PathBuf {
+    dir.join(CONSOLE_LOG)
+}
+
+/// The directory of `dir` the guest sees as /run/palisade/shared.
+pub fn shared_dir(dir: &Path) -> PathBuf {
+    dir.join(SHARED_DIR)
+}
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -97,12 +114,12 @@ impl SandboxDir {
 
     /// The VMM's hybrid vsock socket.
     pub fn vsock_socket(&self) -> PathBuf {
-        self.path.join(VSOCK_SOCKET)
+        vsock_socket(&self.path)
     }
 
     /// The guest's serial console output.
     pub fn console_log(&self) -> PathBuf {
-        self.path.join(CONSOLE_LOG)
+        console_log(&self.path)
     }
 
     /// Removes the directory and reports failure, unlike dropping it.
@@ -123,7 +140,20 @@ impl Drop for SandboxDir {
     }
 }
 
+/// Removes a sandbox directory. Whatever is still mounted below it (a
+/// container's rootfs in the shared directory) is unmounted first, so the
+/// removal can never reach into a container's files on the host.
 fn remove_tree(path: &Path) -> io::Result<()> {
+    crate::mount::unmount_all_under(path).map_err(io::Error::other)?;
+    if !crate::mount::mount_points_under(path)
+        .map_err(io::Error::other)?
+        .is_empty()
+    {
+        return Err(io::Error::other(format!(
+            "{} still has mounts below it; not removing it",
+            path.display()
+        )));
+    }
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

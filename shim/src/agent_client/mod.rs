@@ -115,8 +115,10 @@ impl Transport {
                     name.push(format!("_{port}"));
                     PathBuf::from(name)
                 };
-                UnixStream::connect(&path)
-                    .map_err(|source| HandshakeError::Connect { socket: path, source })
+                UnixStream::connect(&path).map_err(|source| HandshakeError::Connect {
+                    socket: path,
+                    source,
+                })
             }
         }
     }
@@ -152,7 +154,9 @@ impl AgentError {
         matches!(
             self,
             AgentError::Rpc {
-                source: ttrpc::Error::Socket(_) | ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed,
+                source: ttrpc::Error::Socket(_)
+                    | ttrpc::Error::LocalClosed
+                    | ttrpc::Error::RemoteClosed,
                 ..
             }
         )

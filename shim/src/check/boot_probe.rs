@@ -1,7 +1,6 @@
 //! Boots one sandbox VM the way the shim will, talks to its agent, shuts it
 //! down, and times every phase.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use super::interrupt;
 use super::report::BootReport;
 use crate::agent_client::{self, AgentClient, DialOptions};
 use crate::config::Config;
+use crate::sandbox::diagnostics::{console_tail, stuck_hint};
 use crate::sandbox_dir::{SandboxDir, SANDBOX_ROOT};
 use crate::smaps;
 use crate::vmm_process::{describe_status, Progress, VmmProcess};
@@ -21,9 +21,6 @@ use crate::vmm_process::{describe_status, Progress, VmmProcess};
 const MIN_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// SIGTERM to SIGKILL when the VMM has to be stopped.
 const KILL_GRACE: Duration = Duration::from_secs(2);
-/// How much of the console log to show after a failed boot.
-const CONSOLE_TAIL_BYTES: u64 = 8192;
-const CONSOLE_TAIL_LINES: usize = 40;
 
 /// Boots a VM for `config`, filling `report` as phases complete (so a
 /// failure still shows how far the boot got). Everything it creates is
@@ -38,7 +35,7 @@ pub fn run(config: &Config, timeout: Duration, report: &mut BootReport) -> anyho
     report.sandbox_dir = Some(sandbox.path().display().to_string());
     let console_log = sandbox.console_log();
 
-    let mut vmm = VmmProcess::spawn(hypervisor, &sandbox)?;
+    let mut vmm = VmmProcess::spawn(hypervisor, sandbox.path())?;
     let watch = interrupt::watch_vmm(vmm.pid());
     report.vmm_pid = Some(vmm.pid());
 
@@ -192,21 +189,6 @@ fn stderr_suffix(line: &str) -> String {
     }
 }
 
-/// Where a boot that never reached the agent stopped, in words.
-fn stuck_hint(progress: &Progress) -> &'static str {
-    if progress.started_ns.is_none() {
-        "the VMM process never reported its start"
-    } else if progress.guest_entered_ns.is_none() {
-        "the VMM never entered the guest (it failed or hung while building the VM)"
-    } else if progress.boot_signal(BOOT_SIGNAL_AGENT_STARTED).is_none() {
-        "the guest kernel was entered but the agent never started (look for a kernel panic, a hang after early setup, or a missing /init on the console)"
-    } else if progress.boot_signal(BOOT_SIGNAL_AGENT_READY).is_none() {
-        "the agent started but never signalled ready (see the console for its error)"
-    } else {
-        "the agent signalled ready but the connection to it failed"
-    }
-}
-
 fn record_progress(report: &mut BootReport, progress: &Progress, zero_ns: u64) {
     let since = |ns: Option<u64>| ns.map(|ns| ms_between(zero_ns, ns));
     report.vmm_started_ms = since(progress.started_ns);
@@ -221,54 +203,10 @@ fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
     (to_ns as f64 - from_ns as f64) / 1e6
 }
 
-/// The last lines of the guest console, with control characters replaced
-/// (the guest writes this; escape sequences must not reach a terminal).
-fn console_tail(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)))
-        .ok()?;
-    let mut bytes = Vec::new();
-    file.take(CONSOLE_TAIL_BYTES).read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<String> = text
-        .lines()
-        .map(|l| {
-            l.chars()
-                .filter(|c| *c != '\r')
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect()
-        })
-        .collect();
-    let start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
-    let tail = lines[start..].join("\n");
-    (!tail.trim().is_empty()).then_some(tail)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vmm_process::BootSignalAt;
-
-    #[test]
-    fn hints_name_the_stuck_phase() {
-        let mut p = Progress::default();
-        assert!(stuck_hint(&p).contains("never reported its start"));
-        p.started_ns = Some(1);
-        assert!(stuck_hint(&p).contains("never entered the guest"));
-        p.guest_entered_ns = Some(2);
-        assert!(stuck_hint(&p).contains("agent never started"));
-        p.boot_signals.push(BootSignalAt {
-            value: 1,
-            mono_ns: 3,
-        });
-        assert!(stuck_hint(&p).contains("never signalled ready"));
-        p.boot_signals.push(BootSignalAt {
-            value: 2,
-            mono_ns: 4,
-        });
-        assert!(stuck_hint(&p).contains("connection to it failed"));
-    }
 
     #[test]
     fn records_phases_relative_to_spawn() {
@@ -293,23 +231,5 @@ mod tests {
         assert_eq!(report.guest_entered_ms, Some(2.0));
         assert_eq!(report.agent_started_ms, Some(9.0));
         assert_eq!(report.agent_ready_ms, Some(11.0));
-    }
-
-    #[test]
-    fn console_tail_is_bounded_and_sanitized() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("console.log");
-        let mut text = String::new();
-        for i in 0..100 {
-            text.push_str(&format!("line {i}\r\n"));
-        }
-        text.push_str("evil \x1b[2J\n");
-        std::fs::write(&path, text).expect("write");
-        let tail = console_tail(&path).expect("tail");
-        let lines: Vec<&str> = tail.lines().collect();
-        assert_eq!(lines.len(), CONSOLE_TAIL_LINES);
-        assert_eq!(lines[lines.len() - 1], "evil ?[2J");
-        assert_eq!(lines[0], "line 61");
-        assert_eq!(console_tail(&dir.path().join("none")), None);
     }
 }

@@ -11,5 +11,5 @@ mod supervisor;
 pub use args::{GUEST_CID, VMM_SUBCOMMAND};
 pub use protocol::VmmMessage;
 pub use supervisor::{
-    describe_status, BootSignalAt, Progress, VmmProcess, VmmProcessError, VmmTermination,
+    describe_status, BootSignalAt, Progress, StopWatch, VmmProcess, VmmProcessError, VmmTermination,
 };

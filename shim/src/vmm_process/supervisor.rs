@@ -18,7 +18,7 @@ use palisade_vmm::{SharedFsConfig, VmConfig, VsockConfig};
 use super::args::{self, GUEST_CID, VMM_SUBCOMMAND};
 use super::protocol::{read_line_bounded, Line, VmmMessage, MAX_LINE_LEN};
 use crate::config::HypervisorConfig;
-use crate::sandbox_dir::SandboxDir;
+use crate::sandbox_dir;
 
 /// Re-executing through /proc/self/exe starts exactly the binary that is
 /// running, even if the file on disk was replaced by an upgrade meanwhile.
@@ -36,9 +36,7 @@ const STDERR_LINE_MAX: usize = 1024;
 const STDERR_SETTLE: Duration = Duration::from_millis(500);
 /// Polling step while waiting for the process to be reapable.
 const REAP_POLL: Duration = Duration::from_millis(2);
-/// The directory under the sandbox directory exported to the guest over
-/// virtio-fs, and the tag the agent mounts it by.
-const SHARED_DIR: &str = "shared";
+/// The tag the agent mounts the shared directory by.
 const SHARED_FS_TAG: &str = "palisade";
 
 /// What the VMM process has reported so far.
@@ -201,6 +199,19 @@ impl Shared {
     }
 }
 
+/// Waits for a VMM process to stop; see [`VmmProcess::stop_watch`].
+#[derive(Clone)]
+pub struct StopWatch(Arc<Shared>);
+
+impl StopWatch {
+    /// Blocks until the VMM's stdout has closed (it has exited or is about
+    /// to) or `timeout` passes; returns whether it stopped.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.0
+            .wait_until(Instant::now() + timeout, |s| s.progress.stdout_closed)
+    }
+}
+
 /// A running VMM process. Dropping it without [`VmmProcess::kill`] or a
 /// reaped exit SIGKILLs the process: an abandoned VM must not live on.
 pub struct VmmProcess {
@@ -221,21 +232,20 @@ impl VmmProcess {
     /// (PR_SET_PDEATHSIG follows the creating thread), so call it from a
     /// thread that lives as long as the sandbox, not from a short-lived
     /// worker.
-    pub fn spawn(
-        hypervisor: &HypervisorConfig,
-        sandbox: &SandboxDir,
-    ) -> Result<Self, VmmProcessError> {
-        let shared_dir = create_shared_dir(sandbox.path())?;
+    pub fn spawn(hypervisor: &HypervisorConfig, sandbox: &Path) -> Result<Self, VmmProcessError> {
+        let console_log = sandbox_dir::console_log(sandbox);
+        let vsock_socket = sandbox_dir::vsock_socket(sandbox);
+        let shared_dir = create_shared_dir(sandbox)?;
         let config = VmConfig {
             kernel: hypervisor.kernel.clone(),
             initrd: Some(hypervisor.initrd.clone()),
             kernel_params: hypervisor.kernel_params.clone(),
             vcpus: hypervisor.vcpus,
             memory_mib: hypervisor.memory_mib,
-            serial_log: Some(sandbox.console_log()),
+            serial_log: Some(console_log.clone()),
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
-                uds_path: sandbox.vsock_socket(),
+                uds_path: vsock_socket.clone(),
             }),
             shared_fs: Some(SharedFsConfig {
                 tag: SHARED_FS_TAG.to_owned(),
@@ -247,9 +257,9 @@ impl VmmProcess {
         Self::spawn_program(
             Path::new(SELF_EXE),
             command_args,
-            sandbox.path(),
-            sandbox.console_log(),
-            sandbox.vsock_socket(),
+            sandbox,
+            console_log,
+            vsock_socket,
         )
     }
 
@@ -343,6 +353,12 @@ impl VmmProcess {
     /// The VMM's stdout has closed: it has exited or is exiting.
     pub fn has_stopped(&self) -> bool {
         self.shared.lock().progress.stdout_closed
+    }
+
+    /// A handle that waits for this VMM to stop, for a monitor thread that
+    /// must not hold the process itself.
+    pub fn stop_watch(&self) -> StopWatch {
+        StopWatch(Arc::clone(&self.shared))
     }
 
     /// Waits until `done` holds for the reported progress. Fails if the VMM
@@ -518,7 +534,7 @@ impl Drop for VmmProcess {
 /// existing directory is reused: a restarted VMM serves the same share.
 fn create_shared_dir(sandbox: &Path) -> Result<PathBuf, VmmProcessError> {
     use std::os::unix::fs::DirBuilderExt;
-    let path = sandbox.join(SHARED_DIR);
+    let path = sandbox_dir::shared_dir(sandbox);
     match std::fs::DirBuilder::new().mode(0o755).create(&path) {
         Ok(()) => Ok(path),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(path),
