@@ -38,13 +38,23 @@ pub const KERNEL_PARAMS_MAX_LEN: usize = 1024;
 
 const HYPERVISOR_KEYS: &[&str] = &["kernel", "initrd", "kernel_params", "vcpus", "memory_mib"];
 const AGENT_KEYS: &[&str] = &["dial_timeout_ms"];
-const SECTIONS: &[&str] = &["hypervisor", "agent"];
+const RUNTIME_KEYS: &[&str] = &["enable_debug"];
+const SECTIONS: &[&str] = &["hypervisor", "agent", "runtime"];
 
 /// The validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub agent: AgentConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`: how the shim itself behaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Debug logging in the shim and the agent, a verbose guest kernel.
+    /// containerd's own debug mode turns it on as well.
+    pub enable_debug: bool,
 }
 
 /// `[hypervisor]`: what the microVM boots and how big it is.
@@ -100,6 +110,9 @@ impl AgentConfig {
 pub enum ConfigOrigin {
     CommandLine,
     Environment,
+    /// containerd's runtime options (CRI `ConfigPath`,
+    /// `ctr --runtime-config-path`).
+    RuntimeOptions,
     Default,
 }
 
@@ -108,6 +121,7 @@ impl fmt::Display for ConfigOrigin {
         match self {
             ConfigOrigin::CommandLine => f.write_str("given by --config"),
             ConfigOrigin::Environment => write!(f, "given by {CONFIG_ENV}"),
+            ConfigOrigin::RuntimeOptions => f.write_str("given by the runtime option ConfigPath"),
             ConfigOrigin::Default => f.write_str("the default path"),
         }
     }
@@ -287,6 +301,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         match name.as_str() {
             "hypervisor" => parse_hypervisor(&ctx, entries, &mut config.hypervisor)?,
             "agent" => parse_agent(&ctx, entries, &mut config.agent)?,
+            "runtime" => parse_runtime(&ctx, entries, &mut config.runtime)?,
             _ => return Err(ctx.unknown_key(line, name, SECTIONS)),
         }
     }
@@ -361,6 +376,34 @@ fn parse_agent(ctx: &Ctx<'_>, entries: Entries, out: &mut AgentConfig) -> Result
     Ok(())
 }
 
+fn parse_runtime(
+    ctx: &Ctx<'_>,
+    entries: Entries,
+    out: &mut RuntimeConfig,
+) -> Result<(), ConfigError> {
+    const SECTION: &str = "runtime";
+    for (key, value) in entries.0 {
+        let line = ctx.line(&key);
+        let field = Field {
+            ctx,
+            line,
+            section: SECTION,
+            value: &value,
+        };
+        match key.get_ref().as_str() {
+            "enable_debug" => out.enable_debug = field.named("enable_debug").boolean()?,
+            _ => {
+                return Err(ctx.unknown_key(
+                    line,
+                    format!("{SECTION}.{}", key.into_inner()),
+                    RUNTIME_KEYS,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The text being parsed, for turning byte offsets into line numbers.
 struct Ctx<'a> {
     text: &'a str,
@@ -380,6 +423,8 @@ impl Ctx<'_> {
             format!("; `{leaf}` belongs in the [hypervisor] section")
         } else if !key.contains('.') && AGENT_KEYS.contains(&leaf) {
             format!("; `{leaf}` belongs in the [agent] section")
+        } else if !key.contains('.') && RUNTIME_KEYS.contains(&leaf) {
+            format!("; `{leaf}` belongs in the [runtime] section")
         } else {
             String::new()
         };
@@ -440,6 +485,13 @@ impl NamedField<'_> {
         match self.field.value {
             toml::Value::Integer(n) if range.contains(n) => Ok(*n),
             _ => Err(self.invalid(reason())),
+        }
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        match self.field.value {
+            toml::Value::Boolean(b) => Ok(*b),
+            _ => Err(self.invalid("must be true or false")),
         }
     }
 
@@ -745,9 +797,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_runtime_section() {
+        let config =
+            parse("[runtime]\nenable_debug = true\n", Path::new("/c.toml")).expect("parse");
+        assert!(config.runtime.enable_debug);
+        let msg = parse_err("[runtime]\nenable_debug = \"yes\"\n");
+        assert!(
+            msg.contains("line 2: [runtime] enable_debug = \"yes\": must be true or false"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn rejects_unknown_section() {
         let msg = parse_err("\n[hypervisr]\nvcpus = 1\n");
-        assert!(msg.contains("line 2: unknown key `hypervisr` (expected one of `hypervisor`, `agent`); did you mean `hypervisor`?"), "{msg}");
+        assert!(msg.contains("line 2: unknown key `hypervisr` (expected one of `hypervisor`, `agent`, `runtime`); did you mean `hypervisor`?"), "{msg}");
     }
 
     #[test]

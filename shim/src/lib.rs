@@ -10,6 +10,7 @@ pub mod hybrid_vsock;
 pub mod mount;
 pub mod sandbox;
 pub mod sandbox_dir;
+pub mod service;
 pub mod smaps;
 pub mod vmm_process;
 

@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use palisade_shim::service::{Service, RUNTIME_ID};
 use palisade_shim::vmm_process::child;
 
 fn main() -> ExitCode {
@@ -12,9 +13,12 @@ fn main() -> ExitCode {
     if let Some(code) = child::run_if_requested(started_ns) {
         return code;
     }
-    eprintln!(
-        "containerd-shim-palisade-v2: the containerd task service is not implemented yet; \
-         use `palisade check` to boot a sandbox VM"
-    );
-    ExitCode::FAILURE
+    if std::env::args().nth(1).as_deref() == Some("-v") {
+        println!("containerd-shim-palisade-v2 {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    // Parses containerd's flags, then runs `start`, `delete` or the task
+    // server; exits the process with an error message on failure.
+    containerd_shim::run::<Service>(RUNTIME_ID, None);
+    ExitCode::SUCCESS
 }

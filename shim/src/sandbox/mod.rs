@@ -65,15 +65,19 @@ fn console_suffix(console: &Option<String>) -> String {
 /// with a sentence saying how.
 pub type VmmExitHandler = Box<dyn FnOnce(String) + Send>;
 
+/// Shared freely (`Arc<Sandbox>`): every method takes `&self`, and
+/// [`Sandbox::stop`] may be called from any thread, more than once.
 pub struct Sandbox {
     id: String,
-    dir: Option<SandboxDir>,
+    dir_path: PathBuf,
+    /// Taken by the first stop, which removes the directory.
+    dir: Mutex<Option<SandboxDir>>,
     vmm: Arc<Mutex<VmmProcess>>,
     vmm_pid: u32,
     /// Set once the agent answered; only `start` sees it unset.
     agent: Option<AgentClient>,
     stopping: Arc<AtomicBool>,
-    monitor: Option<JoinHandle<()>>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Sandbox {
@@ -97,12 +101,13 @@ impl Sandbox {
             .and_then(|mut f| writeln!(f, "{vmm_pid}"));
         let mut sandbox = Sandbox {
             id: id.to_owned(),
-            dir: Some(dir),
+            dir_path: dir.path().to_owned(),
+            dir: Mutex::new(Some(dir)),
             vmm,
             vmm_pid,
             agent: None,
             stopping,
-            monitor: Some(monitor),
+            monitor: Mutex::new(Some(monitor)),
         };
         // On error, dropping `sandbox` kills the VMM and removes the dir.
         sandbox.agent = Some(sandbox.connect(config)?);
@@ -153,7 +158,7 @@ impl Sandbox {
 
     /// The sandbox's state directory on the host.
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().map_or(Path::new(""), SandboxDir::path)
+        &self.dir_path
     }
 
     /// The host side of the guest's `/run/palisade/shared`.
@@ -174,11 +179,14 @@ impl Sandbox {
     /// Powers the guest off (the agent syncs and resets the VM), stops the
     /// VMM if it does not go by itself, unmounts whatever is left in the
     /// shared directory and removes the state directory.
-    pub fn stop(mut self) -> Result<(), SandboxError> {
+    /// Later calls (and calls after the VMM died) only finish the cleanup.
+    /// Not to be called from the `on_vmm_exit` callback, which runs on the
+    /// monitor thread this joins.
+    pub fn stop(&self) -> Result<(), SandboxError> {
         self.teardown(true)
     }
 
-    fn teardown(&mut self, graceful: bool) -> Result<(), SandboxError> {
+    fn teardown(&self, graceful: bool) -> Result<(), SandboxError> {
         self.stopping.store(true, Ordering::SeqCst);
         {
             let mut vmm = lock(&self.vmm);
@@ -192,10 +200,20 @@ impl Sandbox {
                 vmm.kill(KILL_GRACE)?;
             }
         }
-        if let Some(monitor) = self.monitor.take() {
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(monitor) = monitor {
             let _ = monitor.join();
         }
-        match self.dir.take() {
+        let dir = self
+            .dir
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match dir {
             Some(dir) => dir.remove().map_err(SandboxError::from),
             None => Ok(()),
         }
@@ -204,9 +222,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if self.dir.is_some() {
-            let _ = self.teardown(false);
-        }
+        let _ = self.teardown(false);
     }
 }
 

@@ -1,0 +1,153 @@
+//! containerd's runtime v2 shim protocol for `io.containerd.palisade.v2`:
+//! `start` (one shim per pod), `delete` (cleaning up after a dead shim),
+//! and serving the task API ([`task`]) for the pod ([`pod`]).
+
+pub mod error;
+pub mod events;
+pub mod options;
+pub mod pod;
+pub mod rootfs;
+pub mod sizing;
+pub mod spec;
+pub mod stdio;
+pub mod task;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::{timestamp, write_address};
+use containerd_shim::{ExitSignal, Flags, StartOpts};
+
+use self::events::EventQueue;
+use self::pod::Pod;
+use self::task::TaskService;
+
+/// containerd's runtime name for palisade.
+pub const RUNTIME_ID: &str = "io.containerd.palisade.v2";
+/// What `delete` reports for a task whose shim died: killed.
+const DEAD_SHIM_EXIT_STATUS: u32 = 128 + libc::SIGKILL as u32;
+
+pub struct Service {
+    namespace: String,
+    /// containerd's main socket (`-address`), part of the shim socket name.
+    address: String,
+    id: String,
+    debug: bool,
+    exit: Arc<ExitSignal>,
+}
+
+impl containerd_shim::Shim for Service {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, config: &mut containerd_shim::Config) -> Self {
+        // The shim reaps its children itself (the VMM processes); the
+        // library's SIGCHLD reaper would steal their exit statuses.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        Service {
+            namespace: args.namespace.clone(),
+            address: args.address.clone(),
+            id: args.id.clone(),
+            debug: args.debug,
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// One shim per pod: containers of a pod (CRI's sandbox-id annotation)
+    /// are served by the shim the pod's first container started.
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let group = grouping(Path::new("."), &opts.id);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+        if socket_answers(&address) {
+            write_address(&address)?;
+            return Ok(address);
+        }
+        let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
+        write_address(&address)?;
+        Ok(address)
+    }
+
+    /// Runs after the shim is gone (crashed or killed): its VM went with it
+    /// (the VMM dies with the shim), so what is left is the sandbox's
+    /// mounts and directory.
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = PathBuf::from(".");
+        let group = grouping(&bundle, &self.id);
+        let address = containerd_shim::socket_address(&self.address, &self.namespace, &group);
+        if socket_answers(&address) {
+            // The pod's shim is alive and owns the sandbox; other
+            // containers of the pod still run in it.
+            log::warn!(
+                "delete {}: the pod's shim still runs; leaving its sandbox alone",
+                self.id
+            );
+        } else {
+            cleanup_dead_sandbox(&sizing::sandbox_dir(&group));
+        }
+        Ok(DeleteResponse {
+            exit_status: DEAD_SHIM_EXIT_STATUS,
+            exited_at: MessageField::some(timestamp()?),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let events = match EventQueue::start(&self.namespace, publisher) {
+            Ok(q) => q,
+            Err(e) => {
+                // Without events containerd cannot follow tasks at all.
+                log::error!("cannot start the event thread: {e}");
+                std::process::exit(1);
+            }
+        };
+        TaskService::new(Pod::new(events, self.debug, self.exit.clone()))
+    }
+}
+
+/// The pod a bundle's container belongs to.
+fn grouping(bundle: &Path, id: &str) -> String {
+    match spec::read_bundle_spec(bundle) {
+        Ok(s) => spec::sandbox_id(&s, id),
+        Err(_) => id.to_owned(),
+    }
+}
+
+fn socket_answers(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Kills a VMM that outlived its shim (PR_SET_PDEATHSIG makes that rare),
+/// unmounts whatever is left under the sandbox directory and removes it.
+fn cleanup_dead_sandbox(dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("vmm.pid")) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            // Only a process running in this sandbox: the pid may have
+            // been reused since.
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+            if cwd.is_ok_and(|c| c == dir) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    if let Err(e) = crate::mount::unmount_all_under(dir) {
+        log::warn!("cleaning up {}: {}", dir.display(), crate::error_chain(&e));
+    }
+    if crate::mount::mount_points_under(dir).is_ok_and(|m| m.is_empty()) {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("removing {}: {e}", dir.display()),
+        }
+    }
+}
