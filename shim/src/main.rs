@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use palisade_shim::service::{Service, RUNTIME_ID};
+use palisade_shim::service::{self, Service, RUNTIME_ID};
 use palisade_shim::vmm_process::child;
 
 fn main() -> ExitCode {
@@ -19,6 +19,6 @@ fn main() -> ExitCode {
     }
     // Parses containerd's flags, then runs `start`, `delete` or the task
     // server; exits the process with an error message on failure.
-    containerd_shim::run::<Service>(RUNTIME_ID, None);
+    containerd_shim::run::<Service>(RUNTIME_ID, Some(service::shim_config()));
     ExitCode::SUCCESS
 }

@@ -42,11 +42,7 @@ pub struct Service {
 impl containerd_shim::Shim for Service {
     type T = TaskService;
 
-    fn new(_runtime_id: &str, args: &Flags, config: &mut containerd_shim::Config) -> Self {
-        // The shim reaps its children itself (the VMM processes); the
-        // library's SIGCHLD reaper would steal their exit statuses.
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
         Service {
             namespace: args.namespace.clone(),
             address: args.address.clone(),
@@ -108,6 +104,19 @@ impl containerd_shim::Shim for Service {
             }
         };
         TaskService::new(Pod::new(events, self.debug, self.exit.clone()))
+    }
+}
+
+/// How the shim library must run this shim. It reads these before
+/// [`containerd_shim::Shim::new`] is called, so they are passed to `run`.
+pub fn shim_config() -> containerd_shim::Config {
+    containerd_shim::Config {
+        // The shim waits for its children itself (the VMM processes); the
+        // library's SIGCHLD reaper would steal their exit statuses, and as
+        // a subreaper the shim would inherit processes it never started.
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
     }
 }
 
