@@ -37,6 +37,8 @@ pub struct Service {
     id: String,
     debug: bool,
     exit: Arc<ExitSignal>,
+    /// The pod, once serving; waited for before the shim exits.
+    pod: std::sync::Mutex<Option<Arc<Pod>>>,
 }
 
 impl containerd_shim::Shim for Service {
@@ -49,6 +51,7 @@ impl containerd_shim::Shim for Service {
             id: args.id.clone(),
             debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
+            pod: std::sync::Mutex::new(None),
         }
     }
 
@@ -92,6 +95,14 @@ impl containerd_shim::Shim for Service {
 
     fn wait(&mut self) {
         self.exit.wait();
+        let pod = self
+            .pod
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(pod) = pod {
+            pod.finish();
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
@@ -103,7 +114,12 @@ impl containerd_shim::Shim for Service {
                 std::process::exit(1);
             }
         };
-        TaskService::new(Pod::new(events, self.debug, self.exit.clone()))
+        let pod = Pod::new(events, self.debug, self.exit.clone());
+        *self
+            .pod
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pod.clone());
+        TaskService::new(pod)
     }
 }
 

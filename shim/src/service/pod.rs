@@ -206,6 +206,8 @@ pub struct Pod {
     debug: bool,
     state: Mutex<PodState>,
     boot: Mutex<()>,
+    /// VM stops running in the background.
+    stopping: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Signalled when the shim should exit (Shutdown of an empty pod).
     exit: Arc<containerd_shim::ExitSignal>,
     me: Weak<Pod>,
@@ -237,6 +239,7 @@ impl Pod {
                 containers: HashMap::new(),
             }),
             boot: Mutex::new(()),
+            stopping: Mutex::new(Vec::new()),
             exit,
             me: me.clone(),
         })
@@ -381,6 +384,8 @@ impl Pod {
                 _ => {}
             }
         }
+        // A VM of this pod may still be powering off, in the same directory.
+        self.wait_for_stops();
         let config = self.load_config(req)?;
         let sandbox_id = spec::sandbox_id(host_spec, &req.id);
         let sized = sizing::size_vm(&config, host_spec, self.debug)
@@ -888,7 +893,11 @@ impl Pod {
         }
     }
 
-    /// Stops the VM once the pod has no containers left.
+    /// Stops the VM once the pod has no containers left. The stop runs on
+    /// a thread of its own, so containerd's Delete (and `ctr run --rm`)
+    /// does not wait for the guest to power off. A new Create waits for it
+    /// before booting again, and the shim waits for it before exiting
+    /// ([`Pod::finish`]).
     fn stop_sandbox_if_empty(&self) {
         let sandbox = {
             let mut state = self.lock();
@@ -896,26 +905,51 @@ impl Pod {
                 return;
             }
             match std::mem::replace(&mut state.sandbox, SandboxSlot::None) {
-                SandboxSlot::Running(s) => Some(s),
-                _ => None,
+                SandboxSlot::Running(s) => s,
+                _ => return,
             }
         };
-        if let Some(s) = sandbox {
-            log::info!("pod {}: last container gone, stopping its VM", s.id());
-            if let Err(e) = s.stop() {
-                log::error!("stopping the pod's VM: {}", crate::error_chain(&e));
+        let in_thread = sandbox.clone();
+        let stopper = thread::Builder::new()
+            .name("vm-stop".into())
+            .spawn(move || stop_sandbox(&in_thread));
+        match stopper {
+            Ok(handle) => self
+                .stopping
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(handle),
+            Err(e) => {
+                log::warn!("cannot stop the VM in the background ({e}); stopping it now");
+                stop_sandbox(&sandbox);
             }
         }
     }
 
     /// containerd's Shutdown: the shim exits once its pod is empty.
     pub fn shutdown(&self) {
-        if !self.lock().containers.is_empty() {
-            return;
+        if self.lock().containers.is_empty() {
+            self.exit.signal();
         }
-        let _booting = self.boot.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Waits for every VM stop in flight; the shim calls this before it
+    /// exits, so nothing outlives it.
+    pub fn finish(&self) {
         self.stop_sandbox_if_empty();
-        self.exit.signal();
+        self.wait_for_stops();
+    }
+
+    fn wait_for_stops(&self) {
+        let handles: Vec<_> = self
+            .stopping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
     }
 
     // ---------------------------------------------------------------- the rest
@@ -1052,6 +1086,13 @@ impl Pod {
             SandboxSlot::Running(s) => Some(s.dir().to_owned()),
             _ => None,
         }
+    }
+}
+
+fn stop_sandbox(sandbox: &Sandbox) {
+    log::info!("pod {}: last container gone, stopping its VM", sandbox.id());
+    if let Err(e) = sandbox.stop() {
+        log::error!("stopping the pod's VM: {}", crate::error_chain(&e));
     }
 }
 
