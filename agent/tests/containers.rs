@@ -17,8 +17,9 @@ use std::thread::JoinHandle;
 use palisade_protocols::containers::{
     event, CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, ExecProcessRequest,
     GetEventsRequest, ListProcessesRequest, PauseContainerRequest, ProcessExit,
-    RemoveContainerRequest, ResumeContainerRequest, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, StdioRequest, UpdateContainerRequest, WaitProcessRequest,
+    RemoveContainerRequest, ResizeTerminalRequest, ResumeContainerRequest, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StdioRequest, UpdateContainerRequest,
+    WaitProcessRequest,
 };
 use palisade_protocols::containers_ttrpc::ContainersClient;
 use palisade_protocols::protobuf::MessageField;
@@ -171,6 +172,21 @@ impl Harness {
             })
     }
 
+    fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) {
+        self.api
+            .resize_terminal(
+                ctx(),
+                &ResizeTerminalRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    rows,
+                    cols,
+                    ..Default::default()
+                },
+            )
+            .expect("ResizeTerminal");
+    }
+
     /// Connects to a stdio port the way the shim does through hybrid vsock.
     fn connect(&self, port: u32) -> UnixStream {
         assert_ne!(port, 0, "port not allocated");
@@ -300,6 +316,22 @@ fn spec(args: &[&str]) -> Value {
             "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
         }
     })
+}
+
+/// `spec` with a terminal.
+fn terminal_spec(args: &[&str]) -> Value {
+    let mut s = spec(args);
+    s["process"]["terminal"] = true.into();
+    s
+}
+
+/// `spec` without the devpts at /dev/pts (the /dev tmpfs stays, with its
+/// /dev/ptmx -> pts/ptmx link, now dangling).
+fn spec_without_devpts(args: &[&str]) -> Value {
+    let mut s = spec(args);
+    let mounts = s["mounts"].as_array_mut().unwrap();
+    mounts.retain(|m| m["type"] != "devpts");
+    s
 }
 
 fn code(e: &ttrpc::Error) -> (Code, String) {
@@ -595,6 +627,28 @@ fn bad_specs_are_refused_and_leave_nothing_behind() {
     s["process"]["cwd"] = "/no/such/dir".into();
     let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
     assert!(msg.contains("/no/such/dir"), "{c:?} {msg}");
+    // A terminal with no devpts to allocate it from.
+    let mut s = spec_without_devpts(&["true"]);
+    s["process"]["terminal"] = true.into();
+    let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL);
+    assert!(
+        msg.contains("allocating the terminal: opening the container's /dev/ptmx: ENOENT")
+            && msg.contains("devpts mounted at the container's /dev/pts"),
+        "{msg}"
+    );
+    // A devpts whose ptmx is something else.
+    let mut s = terminal_spec(&["true"]);
+    s["mounts"].as_array_mut().unwrap().push(json!(
+        {"destination": "/dev/pts/ptmx", "type": "bind", "source": "/dev/null", "options": ["bind"]}
+    ));
+    let (c, msg) = code(&h.create("bad", &s, (true, true, true)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL);
+    assert!(
+        msg.contains("allocating the terminal: unlocking a pty from /dev/ptmx: ENOTTY")
+            && msg.contains("not the pty multiplexer"),
+        "{msg}"
+    );
 
     assert!(
         h.agent_children().is_empty(),
@@ -807,6 +861,76 @@ fn output_written_before_the_shim_connects_is_not_lost() {
     h.remove("c5", false).expect("RemoveContainer");
 }
 
+/// The tty a process sees: its name (from ttyname(), which fails for a
+/// pty of another devpts instance, as the agent's was), the name of fd 1,
+/// and its use as the controlling terminal.
+const TTY_PROBE: &str = "tty; readlink /proc/self/fd/1; echo via /dev/tty >/dev/tty";
+
+#[test]
+fn the_init_process_gets_a_terminal_from_the_containers_devpts() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-tty-init");
+    // 100 kB without a newline (so the terminal passes it as is): more
+    // than a pty holds, so the process blocks until the shim reads.
+    let script = format!(
+        "{TTY_PROBE}; echo $(ls /proc/self/fd); stty size; \
+         head -c 100000 /dev/zero | tr '\\0' x; echo; exit 5"
+    );
+    let created = h
+        .create(
+            "t1",
+            &terminal_spec(&["sh", "-c", &script]),
+            (false, true, true),
+        )
+        .expect("CreateContainer");
+    let ports = created.stdio.into_option().unwrap();
+    assert_eq!(ports.stderr_port, 0, "a terminal has no separate stderr");
+    // The process has made its terminal by the time Create returns.
+    h.resize("t1", "", 40, 100);
+    h.start_container("t1");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pending = h
+        .api
+        .get_events(
+            ctx(),
+            &GetEventsRequest {
+                timeout_ms: 0,
+                ..Default::default()
+            },
+        )
+        .expect("GetEvents");
+    assert!(
+        pending.events.is_empty(),
+        "exit reported before the terminal was drained: {pending:?}"
+    );
+    let out = h.collect(ports.stdout_port);
+    assert_eq!(h.wait("t1", "").exit_code, 5);
+    let out = out.join().unwrap();
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    let start = &out[..out.len().min(200)];
+    // The container's devpts is its own instance: its first pty is 0.
+    // ls has the terminal on 0-2 and its directory on 3, nothing else:
+    // the master, the channel and the slave's first fd did not leak.
+    assert_eq!(
+        lines[..lines.len().min(5)],
+        [
+            "/dev/pts/0",
+            "/dev/pts/0",
+            "via /dev/tty",
+            "0 1 2 3",
+            "40 100"
+        ],
+        "{start:?}"
+    );
+    assert!(lines[5] == "x".repeat(100_000), "{} bytes", lines[5].len());
+    assert_eq!(lines[6..], [""]);
+    h.remove("t1", false).expect("RemoveContainer");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+    assert!(h.stdio_sockets().is_empty(), "{:?}", h.stdio_sockets());
+}
+
 #[test]
 fn exec_with_a_terminal() {
     if !can_run() {
@@ -816,35 +940,75 @@ fn exec_with_a_terminal() {
     h.create("c6", &spec(&["sleep", "1000"]), (false, false, false))
         .expect("CreateContainer");
     h.start_container("c6");
-    let mut p = process(&["sh", "-c", "read x; stty size; echo done"]);
+    let mut p = process(&[
+        "sh",
+        "-c",
+        &format!("read x; {TTY_PROBE}; stty size; echo done"),
+    ]);
     p["terminal"] = true.into();
     let (_, [stdin, stdout, stderr]) = h
         .exec("c6", "t1", &p, (true, true, true))
         .expect("ExecProcess");
     assert_eq!(stderr, 0, "a terminal has no separate stderr");
     let out = h.collect(stdout);
-    h.api
-        .resize_terminal(
-            ctx(),
-            &palisade_protocols::containers::ResizeTerminalRequest {
-                container_id: "c6".into(),
-                exec_id: "t1".into(),
-                rows: 40,
-                cols: 100,
-                ..Default::default()
-            },
-        )
-        .expect("ResizeTerminal");
+    h.resize("c6", "t1", 40, 100);
     let mut input = h.connect(stdin);
     input.write_all(b"go\n").unwrap();
     assert_eq!(h.wait("c6", "t1").exit_code, 0);
     let out = out.join().unwrap();
     // The terminal echoes input and turns \n into \r\n.
-    assert!(
-        out.contains("40 100\r\n") && out.ends_with("done\r\n"),
+    assert_eq!(
+        out, "go\r\n/dev/pts/0\r\n/dev/pts/0\r\nvia /dev/tty\r\n40 100\r\ndone\r\n",
         "{out:?}"
     );
+
+    // Another user owns its terminal: it can reopen it by name without
+    // any capability. A terminal nobody reads is still drained.
+    let mut p = process(&[
+        "sh",
+        "-c",
+        "stat -c %u $(tty) >/tmp/owner; echo reopened >$(tty) && echo ok >>/tmp/owner",
+    ]);
+    p["terminal"] = true.into();
+    p["user"] = json!({"uid": 1000, "gid": 1000});
+    p["capabilities"] =
+        json!({"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []});
+    h.exec("c6", "t2", &p, (false, false, false))
+        .expect("ExecProcess as uid 1000");
+    assert_eq!(h.wait("c6", "t2").exit_code, 0);
+    let (_, [_, out, _]) = h
+        .exec(
+            "c6",
+            "t3",
+            &process(&["cat", "/tmp/owner"]),
+            (false, true, false),
+        )
+        .expect("ExecProcess");
+    let out = h.collect(out);
+    assert_eq!(h.wait("c6", "t3").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "1000\nok\n");
     h.remove("c6", true).expect("RemoveContainer with force");
+
+    // No devpts in the container: the exec fails at its terminal, and
+    // leaves no process or port.
+    h.create(
+        "c7",
+        &spec_without_devpts(&["sleep", "1000"]),
+        (false, false, false),
+    )
+    .expect("CreateContainer");
+    h.start_container("c7");
+    let mut p = process(&["tty"]);
+    p["terminal"] = true.into();
+    let (c, msg) = code(&h.exec("c7", "t1", &p, (true, true, false)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL);
+    assert!(
+        msg.contains("allocating the terminal: opening the container's /dev/ptmx: ENOENT"),
+        "{msg}"
+    );
+    assert_eq!(h.agent_children().len(), 1, "only the init left");
+    assert!(h.stdio_sockets().is_empty(), "{:?}", h.stdio_sockets());
+    h.remove("c7", true).expect("RemoveContainer with force");
     assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
 }
 

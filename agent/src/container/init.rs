@@ -7,8 +7,9 @@
 //! 2. read its `InitConfig` from the agent on fd 3;
 //! 3. enter existing namespaces; unshare the cgroup namespace (the agent
 //!    has put it in its cgroup by now);
-//! 4. rootfs: mounts, devices, pivot_root; hostname; sysctls; read-only and
-//!    masked paths; read-only root;
+//! 4. rootfs: mounts, devices, pivot_root; hostname; sysctls; the
+//!    terminal, if any (see `open_terminal`); read-only and masked paths;
+//!    read-only root;
 //! 5. process: rlimits, session and terminal, user and groups,
 //!    capabilities, cwd, no_new_privs, seccomp;
 //! 6. say Ready, wait for Start, exec.
@@ -23,13 +24,15 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::{Gid, Uid};
@@ -82,7 +85,7 @@ fn run(channel: &mut Channel) -> Result<Infallible, InitError> {
             )))
         }
     };
-    let program = setup(&config)?;
+    let program = setup(&config, channel)?;
     channel
         .send(&FromInit::Ready)
         .map_err(step("reporting ready"))?;
@@ -98,7 +101,7 @@ fn run(channel: &mut Channel) -> Result<Infallible, InitError> {
 }
 
 /// Everything up to the exec; returns the program to run.
-fn setup(config: &InitConfig) -> Result<CString, InitError> {
+fn setup(config: &InitConfig, channel: &mut Channel) -> Result<CString, InitError> {
     // Through the agent's /proc, before the container's mount namespace.
     if let Some(adj) = config.process.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
@@ -125,10 +128,93 @@ fn setup(config: &InitConfig) -> Result<CString, InitError> {
             error: format!("{key}={value}: {e}"),
         })?;
     }
+    if config.process.terminal {
+        // Once the container's mounts (its devpts) are in place; before
+        // the masked and read-only paths, which restrict the workload, not
+        // its setup (runc's order too).
+        let master = open_terminal(Uid::from_raw(config.process.uid))?;
+        channel
+            .send_fd(&FromInit::Terminal, master.as_fd())
+            .map_err(step("passing the terminal to the agent"))?;
+        // The agent has its own copy; ours would only outlive a failed setup.
+        drop(master);
+    }
     if let Some(plan) = &config.rootfs {
         rootfs::finish(plan).map_err(step("finishing the rootfs"))?;
     }
     setup_process(&config.process, config.seccomp.as_ref())
+}
+
+/// Allocates the process's terminal from the container's own /dev/ptmx,
+/// so the tty belongs to the devpts instance the container's /dev/pts
+/// shows: ttyname() finds it there, which it cannot for a pty of the
+/// agent's devpts. Puts the slave on fds 0-2 (the session step makes it
+/// the controlling terminal) and returns the master for the agent.
+///
+/// Runs in the container's mount namespace: after pivot_root for an init,
+/// after entering the namespaces for an exec.
+fn open_terminal(owner: Uid) -> Result<OwnedFd, InitError> {
+    const STEP: &str = "allocating the terminal";
+    let fail = |what: &str, e: Errno, hint: &str| InitError {
+        step: STEP,
+        error: format!("{what}: {e}{hint}"),
+    };
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| {
+        let hint = match e {
+            // A dangling /dev/ptmx -> pts/ptmx, or a ptmx node with no
+            // devpts beside it, look the same.
+            Errno::ENOENT => {
+                "; a terminal needs a devpts mounted at the container's /dev/pts \
+                 and /dev/ptmx (a link to pts/ptmx, made on a tmpfs /dev)"
+            }
+            _ => "",
+        };
+        fail("opening the container's /dev/ptmx", e, hint)
+    })?;
+    // SAFETY: open returned a new fd that nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer, which is valid.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
+        let e = Errno::last();
+        let hint = match e {
+            Errno::ENOTTY => "; /dev/ptmx is not the pty multiplexer (character device 5:2)",
+            _ => "",
+        };
+        return Err(fail("unlocking a pty from /dev/ptmx", e, hint));
+    }
+    // TIOCGPTPEER opens the slave through the master, so it is the very
+    // pty just allocated, whatever sits at its /dev/pts path.
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(fail("opening the pty's slave", Errno::last(), ""));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    // The kernel made the opener (root) its owner; the process's user
+    // must own its terminal to reopen it by name (as runc does, the group
+    // stays the devpts mount's).
+    nix::unistd::fchown(slave.as_raw_fd(), Some(owner), None)
+        .map_err(|e| fail(&format!("giving the pty to uid {owner}"), e, ""))?;
+    // The slave is above fd 2 (0-2 hold the agent's /dev/null until now),
+    // so each dup2 makes a copy without close-on-exec, for the workload.
+    for fd in 0..=2 {
+        nix::unistd::dup2(slave.as_raw_fd(), fd)
+            .map_err(|e| fail(&format!("making the pty fd {fd}"), e, ""))?;
+    }
+    Ok(master)
 }
 
 /// Undoes what a child of the agent inherits: blocked signals (the agent
@@ -191,7 +277,7 @@ fn setup_process(p: &ProcessPlan, filter: Option<&seccomp::Program>) -> Result<C
     }
     nix::unistd::setsid().map_err(step("starting a session"))?;
     if p.terminal {
-        // SAFETY: TIOCSCTTY on fd 0, the terminal the agent gave us.
+        // SAFETY: TIOCSCTTY on fd 0, the pty open_terminal put there.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
             return Err(step("taking the terminal")(io::Error::last_os_error()));
         }

@@ -37,6 +37,7 @@ pub mod stdio;
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -387,8 +388,9 @@ impl Manager {
         cgroup: Option<&CgroupDir>,
         wanted: Wanted,
     ) -> Result<Started> {
-        let (child_stdio, pending) = stdio::prepare(&self.ports, wanted, config.process.terminal)
-            .map_err(ContainerError::system("setting up stdio"))?;
+        let (child_stdio, mut pending) =
+            stdio::prepare(&self.ports, wanted, config.process.terminal)
+                .map_err(ContainerError::system("setting up stdio"))?;
         let ports = pending.ports();
         let Spawned {
             pid,
@@ -419,18 +421,21 @@ impl Manager {
             channel
                 .send(&ToInit::Config(Box::new(config.clone())))
                 .map_err(ContainerError::system("sending the configuration"))?;
-            match channel.recv::<FromInit>() {
-                Ok(Some(FromInit::Ready)) => {}
-                Ok(Some(FromInit::Failed(m))) => return Err(ContainerError::Setup(m)),
-                Ok(None) => {
-                    return Err(ContainerError::Setup(
-                        "the container's init process died during setup".into(),
-                    ))
-                }
-                Err(e) => {
-                    return Err(ContainerError::Setup(format!(
-                        "no word from the container's init process: {e}"
-                    )))
+            loop {
+                match channel.recv_with_fds::<FromInit>() {
+                    Ok(Some((FromInit::Terminal, fds))) => attach_terminal(&mut pending, fds)?,
+                    Ok(Some((FromInit::Ready, _))) => break,
+                    Ok(Some((FromInit::Failed(m), _))) => return Err(ContainerError::Setup(m)),
+                    Ok(None) => {
+                        return Err(ContainerError::Setup(
+                            "the container's init process died during setup".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ContainerError::Setup(format!(
+                            "no word from the container's init process: {e}"
+                        )))
+                    }
                 }
             }
             pending
@@ -742,6 +747,17 @@ fn describe(id: &str, exec_id: &str) -> String {
     }
 }
 
+/// Takes the terminal master that came with a `FromInit::Terminal`.
+fn attach_terminal(pending: &mut stdio::PendingIo, mut fds: Vec<OwnedFd>) -> Result<()> {
+    let fail = |error: String| ContainerError::Setup(format!("receiving the terminal: {error}"));
+    if fds.len() != 1 {
+        return Err(fail(format!("want one fd, got {}", fds.len())));
+    }
+    pending
+        .attach_terminal(fds.remove(0))
+        .map_err(|e| fail(e.to_string()))
+}
+
 /// Tells a set-up process to exec its program and waits for the verdict.
 fn run_program(channel: &mut Channel) -> Result<()> {
     channel
@@ -751,8 +767,8 @@ fn run_program(channel: &mut Channel) -> Result<()> {
         // Close-on-exec closed the channel: the program runs.
         Ok(None) => Ok(()),
         Ok(Some(FromInit::Failed(m))) => Err(ContainerError::Setup(m)),
-        Ok(Some(FromInit::Ready)) => Err(ContainerError::Setup(
-            "the init process answered Start with Ready".into(),
+        Ok(Some(other @ (FromInit::Ready | FromInit::Terminal))) => Err(ContainerError::Setup(
+            format!("the init process answered Start with {other:?}"),
         )),
         Err(e) => Err(ContainerError::system("starting the program")(e)),
     }

@@ -17,14 +17,16 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sched::CloneFlags;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::unistd::Pid;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,9 @@ pub const INIT_ARG: &str = "__palisade-container-init";
 pub const CHANNEL_FD: RawFd = 3;
 /// A frame larger than this is a bug, not a spec.
 const MAX_FRAME: u32 = 16 << 20;
+/// Room for more fds than any message carries, so a surplus is seen (and
+/// closed) rather than truncated away unnoticed.
+const MAX_FDS: usize = 4;
 
 /// Agent to init process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,11 +57,15 @@ pub enum ToInit {
 /// exec succeeded (the channel is close-on-exec).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum FromInit {
+    /// The master of the terminal now on the process's fds 0-2, passed as
+    /// SCM_RIGHTS with this message (before `Ready`).
+    Terminal,
     Ready,
     Failed(String),
 }
 
-/// Length-prefixed JSON messages over a socketpair.
+/// Length-prefixed JSON messages over a socketpair. A message may carry
+/// fds; they travel as SCM_RIGHTS on the first byte of its frame.
 pub struct Channel(UnixStream);
 
 impl Channel {
@@ -64,7 +73,7 @@ impl Channel {
         Self(stream)
     }
 
-    pub fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
+    fn frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
         let body = serde_json::to_vec(msg)?;
         let len = u32::try_from(body.len())
             .ok()
@@ -72,16 +81,47 @@ impl Channel {
             .ok_or_else(|| io::Error::other("message too large"))?;
         let mut frame = len.to_le_bytes().to_vec();
         frame.extend_from_slice(&body);
-        self.0.write_all(&frame)
+        Ok(frame)
     }
 
-    /// The next message, or None if the peer closed the channel.
+    pub fn send<T: Serialize>(&mut self, msg: &T) -> io::Result<()> {
+        self.0.write_all(&Self::frame(msg)?)
+    }
+
+    /// Sends `msg` with a duplicate of `fd` (the caller keeps its own).
+    pub fn send_fd<T: Serialize>(&mut self, msg: &T, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let frame = Self::frame(msg)?;
+        let fds = [fd.as_raw_fd()];
+        let sent = loop {
+            match sendmsg::<()>(
+                self.0.as_raw_fd(),
+                &[IoSlice::new(&frame)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The fd went with the first byte; what did not fit is plain data.
+        self.0.write_all(&frame[sent..])
+    }
+
+    /// The next message, or None if the peer closed the channel. Fds that
+    /// came with it are closed: this caller expects none.
     pub fn recv<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        Ok(self.recv_with_fds()?.map(|(msg, _fds)| msg))
+    }
+
+    /// The next message and the fds that came with it (close-on-exec), or
+    /// None if the peer closed the channel.
+    pub fn recv_with_fds<T: DeserializeOwned>(&mut self) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+        let mut fds = Vec::new();
         let mut len = [0u8; 4];
-        match self.0.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
+        if !self.read_exact(&mut len, &mut fds)? {
+            return Ok(None);
         }
         let len = u32::from_le_bytes(len);
         if len > MAX_FRAME {
@@ -90,8 +130,51 @@ impl Channel {
             )));
         }
         let mut body = vec![0u8; len as usize];
-        self.0.read_exact(&mut body)?;
-        Ok(Some(serde_json::from_slice(&body)?))
+        if !self.read_exact(&mut body, &mut fds)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Some((serde_json::from_slice(&body)?, fds)))
+    }
+
+    /// Fills `buf`, adding any fds received on the way to `fds`: reading
+    /// with plain read(2) would make the kernel drop them. Never reads past
+    /// `buf`, so fds stay with the frame they were sent with. False at end
+    /// of file before the first byte.
+    fn read_exact(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(&mut buf[got..])];
+            let msg = match recvmsg::<()>(
+                self.0.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let n = msg.bytes;
+            // Fails (ENOBUFS) if fds were cut off: more than any message has.
+            for cmsg in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: the kernel just installed these fds for us.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            if n == 0 {
+                return match got {
+                    0 => Ok(false),
+                    _ => Err(io::ErrorKind::UnexpectedEof.into()),
+                };
+            }
+            got += n;
+        }
+        Ok(true)
     }
 
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
@@ -233,6 +316,7 @@ pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> io::Result<Spawned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn channel_frames_round_trip() {
@@ -247,6 +331,49 @@ mod tests {
         );
         assert_eq!(b.recv::<FromInit>().unwrap(), Some(FromInit::Ready));
         assert_eq!(b.recv::<FromInit>().unwrap(), None);
+    }
+
+    #[test]
+    fn fds_travel_with_their_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Channel::new(a), Channel::new(b));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        a.send(&"first").unwrap();
+        a.send_fd(&"with an fd", w.as_fd()).unwrap();
+        drop(w);
+        a.send(&"last").unwrap();
+        let (msg, fds) = b.recv_with_fds::<String>().unwrap().unwrap();
+        assert_eq!((msg.as_str(), fds.len()), ("first", 0));
+        let (msg, mut fds) = b.recv_with_fds::<String>().unwrap().unwrap();
+        assert_eq!((msg.as_str(), fds.len()), ("with an fd", 1));
+        let passed = fds.remove(0);
+        let flags = nix::fcntl::fcntl(passed.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received fds are close-on-exec"
+        );
+        File::from(passed).write_all(b"via the channel").unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut File::from(r), &mut s).unwrap();
+        assert_eq!(s, "via the channel");
+        assert_eq!(b.recv::<String>().unwrap().as_deref(), Some("last"));
+    }
+
+    #[test]
+    fn fds_nobody_expects_are_closed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Channel::new(a), Channel::new(b));
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        a.send_fd(&FromInit::Ready, w.as_fd()).unwrap();
+        drop(w);
+        assert_eq!(b.recv::<FromInit>().unwrap(), Some(FromInit::Ready));
+        // End of file, not EAGAIN: the passed write end was closed too.
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            std::io::Read::read(&mut File::from(r), &mut buf).unwrap(),
+            0
+        );
     }
 
     #[test]

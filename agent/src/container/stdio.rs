@@ -2,9 +2,15 @@
 //! shim asked for, one connection each, bytes copied by a thread per
 //! stream. Pipes (or a terminal) connect the process to the agent.
 //!
-//! No byte is lost: output waits in the pipe until the shim connects, and
-//! the process's exit is published only after `wait_outputs` has seen every
-//! output stream reach end of file with all bytes written to the shim.
+//! A terminal is not made here: a pty from the agent's devpts would be a
+//! stranger in the container's /dev/pts (ttyname() fails). The process
+//! allocates it from the container's /dev/ptmx and passes the master back
+//! (init.rs); until then its ports exist with nothing behind them.
+//!
+//! No byte is lost: output waits in the pipe (or pty) until the shim
+//! connects, and the process's exit is published only after
+//! `wait_outputs` has seen every output stream reach end of file with all
+//! bytes written to the shim.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -16,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use log::debug;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     self, bind, listen, socket, AddressFamily, Backlog, Shutdown, SockFlag, SockType, VsockAddr,
@@ -215,11 +221,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn cloexec(fd: &OwnedFd) -> io::Result<()> {
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
-}
-
 /// Moves `fd` to a number of at least 10, so the child's dup2s onto 0-3
 /// can never overwrite a source they still need.
 pub(super) fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -247,79 +248,97 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The process's fds 0, 1 and 2, to be dup'ed into place in the child.
 pub struct ChildStdio(pub [OwnedFd; 3]);
 
-/// The agent's side of a process's stdio before the process exists:
-/// listeners and pipe ends. Dropping it removes the ports.
-pub struct PendingIo {
-    ports: Ports,
-    stdin: Option<(Listener, OwnedFd)>,
-    outputs: Vec<(Listener, OwnedFd)>,
+/// The agent's ends of a process's streams, for the copy threads.
+#[derive(Default)]
+struct Ends {
+    /// Where what the shim sends on the stdin port goes.
+    stdin: Option<OwnedFd>,
+    /// What each output port carries, in the order of `PendingIo::outputs`.
+    outputs: Vec<OwnedFd>,
     /// A terminal's output when the shim did not ask for it: still read,
     /// so the process does not block on a full terminal.
     discard: Option<OwnedFd>,
     pty: Option<Arc<OwnedFd>>,
 }
 
-/// Sets up pipes (or a terminal) and listening ports for a process.
+/// The agent's side of a process's stdio before the process runs: the
+/// listening ports and, once known, what they connect to. Dropping it
+/// removes the ports.
+pub struct PendingIo {
+    ports: Ports,
+    stdin: Option<Listener>,
+    /// stdout, then stderr, those the shim asked for.
+    outputs: Vec<Listener>,
+    terminal: bool,
+    /// Pipes: from the start. A terminal: from `attach_terminal`, since the
+    /// process allocates it inside its container, after the ports are
+    /// handed out. Nothing is read or written before the copy threads
+    /// start, so bytes wait in the pipe or pty either way.
+    ends: Option<Ends>,
+}
+
+/// Sets up pipes and listening ports for a process; for a terminal only
+/// the ports (and /dev/null until the process opens its terminal).
 pub fn prepare(
     alloc: &PortAllocator,
     wanted: Wanted,
     terminal: bool,
 ) -> io::Result<(ChildStdio, PendingIo)> {
-    let mut ports = Ports::default();
     let mut pending = PendingIo {
-        ports,
+        ports: Ports::default(),
         stdin: None,
         outputs: Vec::new(),
-        discard: None,
-        pty: None,
+        terminal,
+        ends: None,
     };
-    let child = if terminal {
-        let pty = nix::pty::openpty(None, None)?;
-        cloexec(&pty.master)?;
-        cloexec(&pty.slave)?;
-        let master = high(pty.master)?;
-        let slave = high(pty.slave)?;
+    if terminal {
         if wanted.stdin {
             let (port, l) = alloc.listen()?;
-            ports.stdin = port;
-            pending.stdin = Some((l, high(master.try_clone()?)?));
+            pending.ports.stdin = port;
+            pending.stdin = Some(l);
         }
-        let reader = high(master.try_clone()?)?;
+        // The terminal merges stdout and stderr into one stream.
         if wanted.stdout {
             let (port, l) = alloc.listen()?;
-            ports.stdout = port;
-            pending.outputs.push((l, reader));
-        } else {
-            pending.discard = Some(reader);
+            pending.ports.stdout = port;
+            pending.outputs.push(l);
         }
-        pending.pty = Some(Arc::new(master));
-        ChildStdio([slave.try_clone()?, slave.try_clone()?, slave])
+        let child = ChildStdio([dev_null(false)?, dev_null(true)?, dev_null(true)?]);
+        return Ok((child, pending));
+    }
+    let mut ends = Ends::default();
+    let stdin = if wanted.stdin {
+        let (port, l) = alloc.listen()?;
+        pending.ports.stdin = port;
+        pending.stdin = Some(l);
+        let (r, w) = pipe()?;
+        ends.stdin = Some(w);
+        r
     } else {
-        let stdin = if wanted.stdin {
-            let (port, l) = alloc.listen()?;
-            ports.stdin = port;
-            let (r, w) = pipe()?;
-            pending.stdin = Some((l, w));
-            r
-        } else {
-            dev_null(false)?
-        };
-        let mut output = |want: bool, port: &mut u32| -> io::Result<OwnedFd> {
-            if !want {
-                return dev_null(true);
-            }
-            let (p, l) = alloc.listen()?;
-            *port = p;
-            let (r, w) = pipe()?;
-            pending.outputs.push((l, r));
-            Ok(w)
-        };
-        let stdout = output(wanted.stdout, &mut ports.stdout)?;
-        let stderr = output(wanted.stderr, &mut ports.stderr)?;
-        ChildStdio([stdin, stdout, stderr])
+        dev_null(false)?
     };
-    pending.ports = ports;
-    Ok((child, pending))
+    let mut output = |want: bool, port: &mut u32| -> io::Result<OwnedFd> {
+        if !want {
+            return dev_null(true);
+        }
+        let (p, l) = alloc.listen()?;
+        *port = p;
+        let (r, w) = pipe()?;
+        pending.outputs.push(l);
+        ends.outputs.push(r);
+        Ok(w)
+    };
+    let stdout = output(wanted.stdout, &mut pending.ports.stdout)?;
+    let stderr = output(wanted.stderr, &mut pending.ports.stderr)?;
+    pending.ends = Some(ends);
+    Ok((ChildStdio([stdin, stdout, stderr]), pending))
+}
+
+/// Whether `fd` is the master side of a pty (TIOCGPTN works only there).
+fn is_pty_master(fd: &OwnedFd) -> bool {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes an unsigned int to the pointer, which is valid.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) == 0 }
 }
 
 impl PendingIo {
@@ -327,28 +346,65 @@ impl PendingIo {
         self.ports
     }
 
-    /// Starts the copying threads; call once the process runs.
+    /// Takes the master of the terminal the process allocated in its
+    /// container: the ports connect to it from now on.
+    pub fn attach_terminal(&mut self, master: OwnedFd) -> io::Result<()> {
+        if !self.terminal {
+            return Err(io::Error::other(
+                "got a terminal for a process that has none",
+            ));
+        }
+        if self.ends.is_some() {
+            return Err(io::Error::other("got a second terminal"));
+        }
+        if !is_pty_master(&master) {
+            return Err(io::Error::other("got a terminal that is not a pty master"));
+        }
+        let stdin = self
+            .stdin
+            .as_ref()
+            .map(|_| master.try_clone())
+            .transpose()?;
+        let reader = master.try_clone()?;
+        let (outputs, discard) = if self.outputs.is_empty() {
+            (Vec::new(), Some(reader))
+        } else {
+            (vec![reader], None)
+        };
+        self.ends = Some(Ends {
+            stdin,
+            outputs,
+            discard,
+            pty: Some(Arc::new(master)),
+        });
+        Ok(())
+    }
+
+    /// Starts the copying threads; call once the process is set up.
     pub fn start(self, name: &str) -> io::Result<ProcessIo> {
+        let ends = self
+            .ends
+            .ok_or_else(|| io::Error::other("the process never sent its terminal"))?;
         let cancel = Arc::new(Cancel::new()?);
         let stdin = Arc::new(StdinControl {
             cancel: Cancel::new()?,
             conn: Mutex::new(None),
         });
-        if let Some((listener, sink)) = self.stdin {
+        if let (Some(listener), Some(sink)) = (self.stdin, ends.stdin) {
             let (cancel, control) = (cancel.clone(), stdin.clone());
             spawn(format!("{name}-stdin"), move || {
                 copy_stdin(listener, sink, &cancel, &control)
             })?;
         }
         let mut outputs = Vec::new();
-        for (i, (listener, source)) in self.outputs.into_iter().enumerate() {
+        for (i, (listener, source)) in self.outputs.into_iter().zip(ends.outputs).enumerate() {
             let cancel = cancel.clone();
             let stream = if i == 0 { "stdout" } else { "stderr" };
             outputs.push(spawn(format!("{name}-{stream}"), move || {
                 copy_output(listener, source, &cancel)
             })?);
         }
-        if let Some(source) = self.discard {
+        if let Some(source) = ends.discard {
             outputs.push(spawn(format!("{name}-tty"), move || {
                 drain(File::from(source))
             })?);
@@ -357,7 +413,7 @@ impl PendingIo {
             cancel,
             stdin,
             outputs: Mutex::new(outputs),
-            pty: self.pty,
+            pty: ends.pty,
         })
     }
 }
@@ -656,12 +712,14 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    // The terminal comes after the ports, from the process; what it wrote
+    // before the shim connected still arrives.
     #[test]
     fn terminal_output_reaches_the_stdout_port() {
         let dir = scratch("tty");
         let base = dir.join("a.sock");
         let alloc = PortAllocator::for_listen_addr(&format!("unix://{}", base.display()));
-        let (child, pending) = prepare(
+        let (child, mut pending) = prepare(
             &alloc,
             Wanted {
                 stdout: true,
@@ -671,18 +729,49 @@ mod tests {
             true,
         )
         .unwrap();
+        drop(child);
         let ports = pending.ports();
         assert_eq!(ports.stderr, 0, "a terminal has one output stream");
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut slave = File::from(pty.slave);
+        slave.write_all(b"before ").unwrap();
+        pending.attach_terminal(pty.master).unwrap();
         let io = pending.start("t").unwrap();
         assert!(io.resize(24, 80).unwrap());
         let mut out = connect(&base, ports.stdout);
-        let [a, b, c] = child.0;
-        File::from(b).write_all(b"hello").unwrap();
-        drop((a, c));
+        slave.write_all(b"after").unwrap();
+        drop(slave);
         io.wait_outputs();
         let mut s = String::new();
         out.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "hello");
+        assert_eq!(s, "before after");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn terminals_come_only_where_expected() {
+        let dir = scratch("tty-wrong");
+        let base = dir.join("a.sock");
+        let alloc = PortAllocator::for_listen_addr(&format!("unix://{}", base.display()));
+        let wanted = Wanted {
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        let (_, mut pipes) = prepare(&alloc, wanted, false).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        assert!(pipes.attach_terminal(pty.master).is_err());
+
+        let (_, mut tty) = prepare(&alloc, wanted, true).unwrap();
+        assert!(
+            tty.attach_terminal(pty.slave).is_err(),
+            "a slave is not a master"
+        );
+        let e = tty.start("t").err().expect("no terminal, no start");
+        assert!(e.to_string().contains("never sent its terminal"), "{e}");
+        drop(pipes);
+        let leftover: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(leftover.is_empty(), "{leftover:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
