@@ -175,3 +175,48 @@ fn pvh_elf() -> Vec<u8> {
     f.extend_from_slice(&notes);
     f
 }
+
+/// containerd runs `delete` after a shim died, in the bundle directory, and
+/// reads a protobuf DeleteResponse from its stdout (nothing else).
+#[test]
+fn shim_delete_prints_only_a_delete_response() {
+    use containerd_shim_protos::protobuf::Message;
+    let bundle = tempfile::tempdir().expect("tempdir");
+    let id = format!("palisade-test-delete-{}", std::process::id());
+    let out = Command::new(SHIM)
+        .args([
+            "-namespace",
+            "default",
+            "-id",
+            &id,
+            "-address",
+            "/run/containerd/containerd.sock",
+            "delete",
+        ])
+        .current_dir(bundle.path())
+        .env("TTRPC_ADDRESS", "/run/containerd/containerd.sock.ttrpc")
+        .output()
+        .expect("run the shim");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let response = containerd_shim_protos::api::DeleteResponse::parse_from_bytes(&out.stdout)
+        .expect("stdout is a DeleteResponse");
+    assert_eq!(response.exit_status, 137);
+    assert!(response.exited_at.seconds > 0);
+}
+
+/// containerd refuses a shim that serves without a namespace; the message
+/// must say so (and the process must not hang).
+#[test]
+fn shim_without_namespace_fails_clearly() {
+    let out = Command::new(SHIM)
+        .args(["-id", "x", "start"])
+        .env("TTRPC_ADDRESS", "/nonexistent")
+        .output()
+        .expect("run the shim");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("namespace"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+}
