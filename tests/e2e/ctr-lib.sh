@@ -109,13 +109,13 @@ ctr_suite_setup() {  # SUITE
 # --- helpers for tests ------------------------------------------------------------
 bad() { echo "FAILREASON: $*"; exit 1; }
 note() { echo "NOTE: $*"; }
-tid() { echo "e2e-$TEST-$1" >>"$IDS"; echo "e2e-$TEST-$1"; }
-reg_id() { echo "$1" >>"$IDS"; }
+tid() { echo "$TEST e2e-$TEST-$1" >>"$IDS"; echo "e2e-$TEST-$1"; }
+reg_id() { echo "$TEST $1" >>"$IDS"; }
 ctr_() { timeout -k 5 "$CT" $CTR "$@"; }
 run_() { timeout -k 5 "$CT" $CTR run --runtime "$RUNTIME" "${RUNTIME_OPTS[@]}" --fifo-dir "$FIFO" "$@"; }
 exec_() { timeout -k 5 "$CT" $CTR task exec --fifo-dir "$FIFO" "$@"; }
-task_status() { ctr_ task ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
-task_pid() { ctr_ task ls 2>/dev/null | awk -v id="$1" '$1 == id { print $2 }'; }
+task_status() { local a b c; while read -r a b c; do [ "$a" != "$1" ] || echo "$c"; done < <(ctr_ task ls 2>/dev/null); }
+task_pid() { local a b c; while read -r a b c; do [ "$a" != "$1" ] || echo "$b"; done < <(ctr_ task ls 2>/dev/null); }
 wait_until() {  # SECS CMD...
     local end=$((SECONDS + $1))
     shift
@@ -147,36 +147,60 @@ _remove_test_containers() {
 }
 
 # --- what a test may leave behind ---------------------------------------------------
+# (Plain bash where it can: it runs after every test, and in the nested
+# test host each program started costs a few hundred milliseconds.)
+
+# VMM processes: argv0 palisade-vmm (or the shim binary's __vmm mode).
+VMM_RE='(^|/)palisade-vmm( |$)|^[^ ]*containerd-shim-palisade-v2 __vmm( |$)'
+vmm_pids() { ctd_pids_matching "$VMM_RE"; }
+_entries() {  # DIR -> its entries' names, one a line
+    local f
+    for f in "$1"/* "$1"/.[!.]*; do [ -e "$f" ] || [ -L "$f" ] && echo "${f##*/}"; done
+    return 0
+}
 _palisade_state() {
-    find /run/palisade -mindepth 1 -maxdepth 1 2>/dev/null | sort
-    pgrep -f '(^|/)palisade-vmm( |$)|__vmm' | sort
+    local e
+    for e in $(_entries /run/palisade); do echo "/run/palisade/$e"; done
+    vmm_pids
 }
 # Shim sockets are /run/containerd/s/sha256(<address>/<namespace>/<id>),
 # where id is the container's or its group's (sandbox-id annotation).
-_shim_socket_leftovers() {
-    local id h
-    sort -u "$IDS" | while read -r id; do
-        h=$(printf '%s' "$CTD_SOCK/$CTD_NS/$id" | sha256sum | cut -d' ' -f1)
+_shim_socket_leftovers() {  # [TEST]: only that test's ids
+    local t id h
+    [ -n "$(_entries /run/containerd/s)" ] || return 0
+    while read -r t id; do
+        [ -z "${1:-}" ] || [ "$t" = "$1" ] || continue
+        h=$(printf '%s' "$CTD_SOCK/$CTD_NS/$id" | sha256sum)
+        h=${h%% *}
         [ ! -e "/run/containerd/s/$h" ] || echo "shim socket of $id (/run/containerd/s/$h)"
-    done
+    done < <(sort -u "$IDS")
 }
-_leftovers_now() {
+_one_line() { local IFS=' '; echo "$*"; }
+_leftovers_now() {  # [TEST]
     local x
-    x=$(ctr_ containers ls -q 2>&1); [ -z "$x" ] || echo "containers: $(echo $x)"
-    x=$(ctr_ task ls -q 2>&1); [ -z "$x" ] || echo "tasks: $(echo $x)"
-    x=$(ctr_ snapshots ls 2>&1 | awk 'NR > 1 && $NF != "Committed" { print $1 }'); [ -z "$x" ] || echo "snapshots: $(echo $x)"
-    x=$(containerd_mounts_under "$CTD_DIR"); [ -z "$x" ] || echo "mounts: $(echo $x)"
-    x=$(containerd_shim_pids); [ -z "$x" ] || echo "shim processes: $(ps -o pid=,args= -p "$(echo $x | tr ' ' ,)" | tr '\n' ';')"
-    x=$(ls -A "$CTD_DIR/state/io.containerd.runtime.v2.task/$CTD_NS" 2>/dev/null); [ -z "$x" ] || echo "bundles: $(echo $x)"
-    x=$(ls -A "$FIFO" 2>/dev/null); [ -z "$x" ] || echo "fifo dirs: $(echo $x)"
-    x=$(_shim_socket_leftovers); [ -z "$x" ] || echo "$x"
-    x=$(comm -13 <(echo "$_before_palisade") <(_palisade_state)); [ -z "$x" ] || echo "palisade state/VMMs: $(echo $x)"
+    x=$(ctr_ containers ls -q 2>&1); [ -z "$x" ] || echo "containers: $(_one_line $x)"
+    x=$(ctr_ task ls -q 2>&1); [ -z "$x" ] || echo "tasks: $(_one_line $x)"
+    x=$(ctr_ snapshots ls 2>&1 | awk 'NR > 1 && $NF != "Committed" { print $1 }'); [ -z "$x" ] || echo "snapshots: $(_one_line $x)"
+    x=$(containerd_mounts_under "$CTD_DIR"); [ -z "$x" ] || echo "mounts: $(_one_line $x)"
+    x=$(containerd_shim_pids); [ -z "$x" ] || echo "shim processes: $(for p in $x; do tr '\0' ' ' <"/proc/$p/cmdline"; echo ";"; done)"
+    x=$(_entries "$CTD_DIR/state/io.containerd.runtime.v2.task/$CTD_NS"); [ -z "$x" ] || echo "bundles: $(_one_line $x)"
+    x=$(_entries "$FIFO"); [ -z "$x" ] || echo "fifo dirs: $(_one_line $x)"
+    # Container cgroups (ctr puts them at /NS/ID): one hierarchy is enough.
+    x=$(ctd_cgroup_dirs "$CTD_NS" | head -n 1)
+    [ -z "$x" ] || x=$(cd "$x" && for d in */; do [ -d "$d" ] && echo "${d%/}"; done)
+    [ -z "$x" ] || echo "cgroups under /$CTD_NS: $(_one_line $x)"
+    x=$(_shim_socket_leftovers "${1:-}"); [ -z "$x" ] || echo "$x"
+    x=$(_palisade_state)
+    if [ "$x" != "$_before_palisade" ]; then
+        x=$(comm -13 <(sort <<<"$_before_palisade") <(sort <<<"$x"))
+        [ -z "$x" ] || echo "palisade state/VMMs: $(_one_line $x)"
+    fi
 }
-_clean() { [ -z "$(_leftovers_now)" ]; }
+_clean() { [ -z "$(_leftovers_now "${1:-}")" ]; }
 # Waits a little (shims exit asynchronously after the last delete), then
 # prints what is still there.
-leftovers_after_test() {
-    wait_until 10 _clean || _leftovers_now
+leftovers_after_test() {  # TEST
+    wait_until 10 _clean "$1" || _leftovers_now "$1"
 }
 # Removes whatever a failed test left, so that the next test starts clean.
 _force_clean() {
@@ -223,9 +247,9 @@ run_test() {  # NAME
         fi
     fi
     # (cleanup checks the same itself.)
-    [ "$name" = cleanup ] || left=$(leftovers_after_test)
+    [ "$name" = cleanup ] || left=$(leftovers_after_test "$name")
     if [ -n "$left" ]; then
-        reason="${reason:+$reason; }left behind: $(echo $left)"
+        reason="${reason:+$reason; }left behind: $(_one_line $left)"
         _force_clean
     fi
     if [ -n "${reason:-}" ]; then
@@ -236,7 +260,10 @@ run_test() {  # NAME
     else
         pass "$name"
         _passed=$((_passed + 1))
-        sed -n 's/^NOTE: /    /p' "$out"
+        local line
+        while IFS= read -r line; do
+            [[ $line != "NOTE: "* ]] || echo "    ${line#NOTE: }"
+        done <"$out"
     fi
     [ -z "${E2E_TIMES:-}" ] || echo "    ($((SECONDS - t0))s)"
 }
@@ -245,10 +272,10 @@ run_test() {  # NAME
 t_cleanup() {
     local left
     left=$(_leftovers_now)
-    [ -z "$left" ] || bad "left behind: $(echo $left)"
+    [ -z "$left" ] || bad "left behind: $(_one_line $left)"
     # rootfs mounts would be under the state dir; any mount under the root
     # (snapshots) is as wrong.
-    left=$(awk '{ print $5 }' /proc/self/mountinfo | grep -F "$CTD_DIR/")
+    left=$(containerd_mounts_under "$CTD_DIR")
     [ -z "$left" ] || bad "mounts under $CTD_DIR: $left"
 }
 

@@ -17,9 +17,10 @@
 #
 # containerd_stop removes the tasks, containers and snapshots it can through
 # containerd, stops containerd, kills every shim whose -address is our socket
-# (and the shims' descendants: container processes, VMMs), unmounts what is
-# left under DIR (deepest first, lazily if busy), and removes DIR and the
-# socket directory. It is safe to call twice and leaves nothing behind even
+# (and the shims' descendants: container processes, VMMs; thawed first if
+# paused), removes runc's state and the cgroups of our namespace, unmounts
+# what is left under DIR (children first, lazily if busy), and removes DIR
+# and the socket directory. It is safe to call twice and leaves nothing behind even
 # when a test died midway. containerd_start installs an EXIT trap that calls
 # it (keeping an EXIT trap you set before); INT/TERM/HUP exit so the trap runs.
 # CTD_NO_TRAP=1: set no traps, call containerd_stop yourself.
@@ -28,7 +29,8 @@
 # host (cgroup v2, / read-only: nothing is written outside DIR, the socket
 # directory and containerd's fixed /run/containerd).
 #
-# Knobs: CTD_NAMESPACE (default palisade-e2e), CTD_START_TIMEOUT (seconds,
+# Knobs: CTD_NAMESPACE (default CTD_NAMESPACE_PREFIX-XXXXXX, unique per
+# run; the prefix defaults to palisade-e2e), CTD_START_TIMEOUT (seconds,
 # default 60), CTD_LOG_LEVEL (default info), CTD_CRI=1, CTD_CRI_CONFIG_PATH
 # (the palisade runtime entry's ConfigPath, default
 # /etc/palisade/configuration.toml).
@@ -132,7 +134,10 @@ containerd_start() {  # DIR [BINDIR...]
     CTD_DIR=$dir
     CTD_SOCKDIR=$sockdir
     CTD_SOCK=$sockdir/c.sock
-    CTD_NS=${CTD_NAMESPACE:-palisade-e2e}
+    # A namespace of our own: runc keys its state (/run/containerd/runc/NS)
+    # and ctr its default cgroups (/NS/ID) by it, so two test runs at once
+    # must not share one.
+    CTD_NS=${CTD_NAMESPACE:-${CTD_NAMESPACE_PREFIX:-palisade-e2e}-${sockdir##*-}}
     CTD_LOG=$dir/containerd.log
     CTR="ctr --address $CTD_SOCK --namespace $CTD_NS"
     CONTAINERD_ADDRESS=$CTD_SOCK
@@ -189,33 +194,101 @@ containerd_import() {  # TAR
         { _ctd_err "ctr images import $1 failed: $out"; return 1; }
 }
 
+# Process helpers in plain bash: no pgrep/ps/awk. In the nested test host
+# every program started costs a few hundred milliseconds (emulated page
+# faults, libraries over 9p), and these run after every test.
+
+# Pids whose command line (arguments joined by spaces) matches the ERE.
+ctd_pids_matching() {  # regex
+    local d line IFS=' '
+    local -a args
+    for d in /proc/[0-9]*; do
+        mapfile -d '' -t args 2>/dev/null <"$d/cmdline" || continue
+        [ ${#args[@]} -gt 0 ] || continue
+        line="${args[*]}"
+        [[ $line =~ $1 ]] && echo "${d#/proc/}"
+    done
+    return 0
+}
+
 # Pids of the shims this containerd started: containerd runs them as
 # `containerd-shim-<name> -namespace NS -id ID -address SOCK ...`.
 containerd_shim_pids() {
     [ -n "${CTD_SOCK:-}" ] || return 0
     local sock_re=${CTD_SOCK//./\\.}
-    pgrep -f -- "^[^ ]*containerd-shim-[^ ]* .*-{1,2}address[ =]$sock_re( |\$)" || true
+    ctd_pids_matching "^[^ ]*containerd-shim-[^ ]* .*-{1,2}address[ =]$sock_re( |\$)"
 }
 
 # The pids of PIDs and all their descendants.
 _ctd_tree() {  # PID...
     [ $# -gt 0 ] || return 0
-    ps -e -o pid=,ppid= | awk -v roots="$*" '
-        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
-        { parent[$1] = $2 }
-        END {
-            do { grew = 0
-                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 }
-            } while (grew)
-            for (p in keep) print p
-        }'
+    local -A keep=() parent=()
+    local d p stat rest grew=1
+    for p in "$@"; do keep[$p]=1; done
+    for d in /proc/[0-9]*; do
+        read -r stat 2>/dev/null <"$d/stat" || continue
+        rest=${stat##*) }          # after "pid (comm) ": "state ppid ..."
+        rest=${rest#* }
+        parent[${d#/proc/}]=${rest%% *}
+    done
+    while [ -n "$grew" ]; do
+        grew=
+        for p in "${!parent[@]}"; do
+            if [ -z "${keep[$p]:-}" ] && [ -n "${keep[${parent[$p]}]:-}" ]; then
+                keep[$p]=1
+                grew=1
+            fi
+        done
+    done
+    printf '%s\n' "${!keep[@]}"
 }
 
-# Mount points under DIR (including DIR), deepest first.
+# Mount points at or under DIR, children before their parents (reverse
+# mount order), for unmounting.
 containerd_mounts_under() {  # DIR
-    local dir=$1
-    awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print length($5), $5 }' /proc/self/mountinfo |
-        sort -rn | cut -d' ' -f2-
+    local dir=$1 mp i
+    local -a all=()
+    while read -r _ _ _ _ mp _; do
+        [[ $mp == "$dir" || $mp == "$dir"/* ]] && all+=("$mp")
+    done </proc/self/mountinfo
+    for ((i = ${#all[@]} - 1; i >= 0; i--)); do echo "${all[i]}"; done
+}
+
+# The cgroup directories of namespace NS: /sys/fs/cgroup/NS (v2) or
+# /sys/fs/cgroup/<controller>/NS (v1), each listed once.
+ctd_cgroup_dirs() {  # NS
+    local d
+    for d in /sys/fs/cgroup/"$1" /sys/fs/cgroup/*/"$1"; do
+        [ -d "$d" ] && echo "$d"
+    done
+    return 0
+}
+
+# Thaws the cgroups PIDs are in (v1 freezer, v2 cgroup.freeze).
+_ctd_thaw() {  # PID...
+    local p h ctrl path
+    for p in "$@"; do
+        while IFS=: read -r h ctrl path; do
+            if [ "$ctrl" = freezer ] && [ -w "/sys/fs/cgroup/freezer$path/freezer.state" ]; then
+                echo THAWED >"/sys/fs/cgroup/freezer$path/freezer.state" 2>/dev/null
+            elif [ -z "$ctrl" ]; then
+                for h in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+                    [ ! -w "$h$path/cgroup.freeze" ] || echo 0 >"$h$path/cgroup.freeze" 2>/dev/null
+                done
+            fi
+        done 2>/dev/null <"/proc/$p/cgroup"
+    done
+}
+
+# Removes the (process-free) cgroups of namespace NS, children first.
+_ctd_remove_cgroups() {  # NS
+    local d left=''
+    [ -n "$1" ] || return 0
+    for d in $(ctd_cgroup_dirs "$1"); do
+        find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+        [ ! -d "$d" ] || left+=" $d"
+    done
+    [ -z "$left" ] || { _ctd_err "cannot remove cgroups (processes left in them?):$left"; return 1; }
 }
 
 # Sockets (unix, listening) held by PIDs under /run/containerd/s: a shim
@@ -232,7 +305,7 @@ _ctd_shim_sockets() {  # PID...
 
 containerd_stop() {
     [ -n "${CTD_DIR:-}" ] || return 0
-    local rc=0 ns id pids left socks m i
+    local rc=0 ns id pids left socks m i p
     # 1. Through containerd, while it runs: kills container processes
     #    properly (runc thaws paused ones), unmounts rootfs, lets shims exit.
     if [ -n "${CTD_PID:-}" ] && kill -0 "$CTD_PID" 2>/dev/null; then
@@ -264,15 +337,25 @@ containerd_stop() {
         socks=$(_ctd_shim_sockets $pids)
         left=$(_ctd_tree $pids)
         _ctd_err "killing leftover shims and their processes: $(echo $left)"
+        # A frozen (paused) process does not die until it is thawed.
+        _ctd_thaw $left
         kill -KILL $left 2>/dev/null
         for i in $(seq 50); do
-            [ -n "$(ps -o pid= -p "$(echo $left | tr ' ' ,)" 2>/dev/null)" ] || break
+            local alive=
+            for p in $left; do [ ! -e "/proc/$p" ] || alive=1; done
+            [ -n "$alive" ] || break
             sleep 0.1
         done
         # shellcheck disable=SC2086
         [ -z "$socks" ] || rm -f $socks
     fi
-    # 3. Mounts under DIR and the socket dir, deepest first; lazily if busy.
+    # 3. What runc keeps per namespace, outside our directories: its state
+    #    (/run/containerd/runc/NS; an empty dir even after a clean run) and
+    #    the cgroups ctr made (/NS/ID in every hierarchy). The namespace is
+    #    ours alone (see containerd_start), so all of it goes.
+    rm -rf --one-file-system "/run/containerd/runc/$CTD_NS"
+    _ctd_remove_cgroups "$CTD_NS" || rc=1
+    # 4. Mounts under DIR and the socket dir, children first; lazily if busy.
     for i in 1 2 3; do
         left=$(containerd_mounts_under "$CTD_DIR"; containerd_mounts_under "$CTD_SOCKDIR")
         [ -n "$left" ] || break
@@ -281,7 +364,7 @@ containerd_stop() {
         done <<<"$left"
     done
     left=$(containerd_mounts_under "$CTD_DIR"; containerd_mounts_under "$CTD_SOCKDIR")
-    # 4. The directories. Never rm through a mount that is still there.
+    # 5. The directories. Never rm through a mount that is still there.
     if [ -n "$left" ]; then
         _ctd_err "cannot unmount, leaving $CTD_DIR in place: $(echo $left)"
         rc=1
