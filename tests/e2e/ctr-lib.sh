@@ -220,43 +220,84 @@ _force_clean() {
 }
 
 # --- the runner ------------------------------------------------------------------------
-run_test() {  # NAME
-    local name=$1 fn=t_${1//-/_} out=$E2E_TMP/$1.out t0=$SECONDS rc which sp tp reason='' left=''
-    declare -F "$fn" >/dev/null || { fail "$name" "no such test (function $fn)"; _failed=$((_failed + 1)); return; }
-    (
-        TEST=$name
-        trap _remove_test_containers EXIT
-        "$fn"
-    ) </dev/null >"$out" 2>&1 &
-    tp=$!
-    sleep "$TEST_TIMEOUT" &
+# Runs CMD (a function or a program) in a subshell with a time limit; when
+# it is up, kills it and everything it started, sets _BOUNDED_EXPIRED and
+# returns 124. Bounds everything the runner does, cleanup included: a
+# runtime that wedges containerd must not hang the suite.
+_bounded() {  # SECS CMD...
+    local secs=$1 which rc bp sp
+    shift
+    _BOUNDED_EXPIRED=
+    ("$@") &
+    bp=$!
+    sleep "$secs" &
     sp=$!
-    wait -n -p which "$tp" "$sp"
+    wait -n -p which "$bp" "$sp"
     rc=$?
     if [ "$which" = "$sp" ]; then
-        kill -KILL $(_ctd_tree "$tp") 2>/dev/null
-        wait "$tp" 2>/dev/null
-        reason="timed out after ${TEST_TIMEOUT}s (E2E_TEST_TIMEOUT)"
-        (TEST=$name; _remove_test_containers) >/dev/null 2>&1
-    else
-        kill "$sp" 2>/dev/null
-        wait "$sp" 2>/dev/null
-        if [ $rc -ne 0 ]; then
-            reason=$(sed -n 's/^FAILREASON: //p' "$out" | tail -n 1)
-            [ -n "$reason" ] || reason="exited $rc without saying why"
-        fi
+        kill -KILL $(_ctd_tree "$bp") 2>/dev/null
+        wait "$bp" 2>/dev/null
+        _BOUNDED_EXPIRED=1
+        return 124
+    fi
+    kill "$sp" 2>/dev/null
+    wait "$sp" 2>/dev/null
+    return $rc
+}
+_test_body() {  # NAME FN
+    TEST=$1
+    trap _remove_test_containers EXIT
+    "$2"
+}
+_cleanup_test() {  # NAME
+    TEST=$1
+    CT=${E2E_CLEAN_TIMEOUT:-20}
+    _remove_test_containers
+}
+_containerd_answers() {
+    kill -0 "$CTD_PID" 2>/dev/null && timeout -k 2 15 ctr --address "$CTD_SOCK" version >/dev/null 2>&1
+}
+_ctd_wedged=
+
+run_test() {  # NAME [TIMEOUT]
+    local name=$1 limit=${2:-$TEST_TIMEOUT} fn=t_${1//-/_} out=$E2E_TMP/$1.out t0=$SECONDS rc reason='' left=''
+    declare -F "$fn" >/dev/null || { fail "$name" "no such test (function $fn)"; _failed=$((_failed + 1)); return; }
+    if [ -n "$_ctd_wedged" ]; then
+        fail "$name" "not run: $_ctd_wedged"
+        _failed=$((_failed + 1))
+        return
+    fi
+    _bounded "$limit" _test_body "$name" "$fn" </dev/null >"$out" 2>&1
+    rc=$?
+    if [ -n "$_BOUNDED_EXPIRED" ]; then
+        reason="timed out after ${limit}s (E2E_TEST_TIMEOUT)"
+        _bounded 120 _cleanup_test "$name" </dev/null >/dev/null 2>&1
+    elif [ $rc -ne 0 ]; then
+        reason=$(sed -n 's/^FAILREASON: //p' "$out" | tail -n 1)
+        [ -n "$reason" ] || reason="exited $rc without saying why"
     fi
     # (cleanup checks the same itself.)
-    [ "$name" = cleanup ] || left=$(leftovers_after_test "$name")
+    if [ "$name" != cleanup ]; then
+        left=$(_bounded 90 leftovers_after_test "$name" </dev/null)
+        [ -z "$_BOUNDED_EXPIRED" ] || left+=" (the leftover check itself timed out)"
+    fi
     if [ -n "$left" ]; then
         reason="${reason:+$reason; }left behind: $(_one_line $left)"
-        _force_clean
+        _bounded 120 _force_clean </dev/null >/dev/null 2>&1
+    fi
+    if ! _containerd_answers; then
+        _ctd_wedged="containerd stopped answering during $name (log: $CTD_LOG)"
+        reason="${reason:+$reason; }$_ctd_wedged"
     fi
     if [ -n "${reason:-}" ]; then
         fail "$name" "$reason"
         _failed=$((_failed + 1))
         # The test's own output, for diagnosis.
         grep -v '^FAILREASON: ' "$out" | tail -n 15 | sed 's/^NOTE: //; s/^/    /'
+        if [ -n "$_ctd_wedged" ]; then
+            echo "    the end of containerd's log:"
+            tail -n 10 "$CTD_LOG" | sed 's/^/    /'
+        fi
     else
         pass "$name"
         _passed=$((_passed + 1))
