@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# palisade-specific ctr end-to-end tests: what only a VM runtime has. Needs
+# hardware-style KVM, so it runs through the nested test host here:
+#
+#   tests/lib/with-kvm -- tests/e2e/ctr-palisade.sh [TEST...]
+#
+# The runtime is io.containerd.palisade.v2 (RUNTIME=another runs a dry run
+# of the script's own mechanics: the palisade checks then fail). The shim
+# comes from target/release (or PATH), the guest kernel and initramfs from
+# target/palisade, with a configuration written for them (or
+# PALISADE_CONFIG_FILE). Same output and leftover checks as ctr-run.sh
+# (tests/e2e/ctr-lib.sh); E2E_CYCLES sets the create/delete cycles (20).
+#
+# How a pod is made with ctr 1.6.20: `ctr run --annotation K=V` sets OCI
+# annotations, and the shim groups containers by
+# io.kubernetes.cri.sandbox-id, as CRI sets it: the sandbox container's id
+# is the sandbox id (container-type "sandbox"), the others name it.
+set -u
+RUNTIME=${RUNTIME:-io.containerd.palisade.v2}
+. "$(dirname "$0")/ctr-lib.sh"
+
+SANDBOX_ID_KEY=io.kubernetes.cri.sandbox-id
+CONTAINER_TYPE_KEY=io.kubernetes.cri.container-type
+
+# The VMM processes under the shims of our containerd.
+our_vmm_pids() {
+    local pids tree p
+    pids=$(containerd_shim_pids)
+    [ -n "$pids" ] || return 0
+    tree=" $(_ctd_tree $pids | tr '\n' ' ') "
+    for p in $(vmm_pids); do
+        [[ $tree == *" $p "* ]] && echo "$p"
+    done
+}
+_count() { [ -z "$1" ] && echo 0 || wc -l <<<"$1"; }
+
+# The guest runs palisade's own kernel, not the host's.
+t_guest_kernel() {
+    local id out want
+    id=$(tid 1)
+    want=$(cat "$E2E_OUT/vmlinux.release" 2>/dev/null) || bad "no $E2E_OUT/vmlinux.release: build the guest kernel (guest-kernel/build.sh)"
+    out=$(run_ --rm "$BUSYBOX_IMAGE" "$id" uname -r 2>"$E2E_TMP/$TEST.err") ||
+        bad "ctr run failed: $(tail -n 3 "$E2E_TMP/$TEST.err")"
+    [ "$out" != "$(uname -r)" ] || bad "the container runs the host's kernel $out: not in a VM"
+    [ "$out" = "$want" ] || bad "the guest kernel is '$out', the built one is '$want'"
+}
+
+# Starts a detached container in pod POD (empty: its own pod). The sandbox
+# container of a pod has id == POD.
+_run_in_pod() {  # id pod cmd...
+    local id=$1 pod=$2 ann=()
+    shift 2
+    if [ -n "$pod" ]; then
+        reg_id "$pod"
+        if [ "$id" = "$pod" ]; then
+            ann=(--annotation "$CONTAINER_TYPE_KEY=sandbox" --annotation "$SANDBOX_ID_KEY=$pod")
+        else
+            ann=(--annotation "$CONTAINER_TYPE_KEY=container" --annotation "$SANDBOX_ID_KEY=$pod")
+        fi
+    fi
+    run_ -d "${ann[@]}" "$BUSYBOX_IMAGE" "$id" "$@" >"$E2E_TMP/$TEST.$id.out" 2>&1 ||
+        bad "ctr run -d $id failed: $(tail -n 3 "$E2E_TMP/$TEST.$id.out")"
+    wait_status "$id" RUNNING
+}
+_boot_id() { exec_ --exec-id "b$RANDOM" "$1" cat /proc/sys/kernel/random/boot_id; }
+
+# Two containers of one pod share one VM (one shim, one VMM, one guest
+# boot); a container without the annotation gets its own.
+t_pod_shares_vm() {
+    local pod c2 solo b1 b2 b3 n
+    pod=$(tid 1)
+    c2=$(tid 2)
+    solo=$(tid 3)
+    _run_in_pod "$pod" "$pod" sleep 1000
+    _run_in_pod "$c2" "$pod" sleep 1000
+    n=$(_count "$(containerd_shim_pids)")
+    [ "$n" -eq 1 ] || bad "$n shims for one pod, want 1"
+    n=$(_count "$(our_vmm_pids)")
+    [ "$n" -eq 1 ] || bad "$n VMM processes for one pod, want 1"
+    [ -d "/run/palisade/$pod" ] || bad "no sandbox state in /run/palisade/$pod"
+    b1=$(_boot_id "$pod") && b2=$(_boot_id "$c2") || bad "exec into the pod's containers failed"
+    [ -n "$b1" ] && [ "$b1" = "$b2" ] || bad "the pod's containers run in different kernels (boot ids $b1, $b2)"
+    [ "$b1" != "$(cat /proc/sys/kernel/random/boot_id)" ] || bad "the pod shares the host's kernel (boot id)"
+    _run_in_pod "$solo" "" sleep 1000
+    b3=$(_boot_id "$solo") || bad "exec into $solo failed"
+    [ "$b3" != "$b1" ] || bad "a container without $SANDBOX_ID_KEY runs in the pod's VM"
+    n=$(_count "$(our_vmm_pids)")
+    [ "$n" -eq 2 ] || bad "$n VMM processes for two pods, want 2"
+    # Deleting one container keeps the pod's VM for the other.
+    remove_container "$c2"
+    [ "$(_boot_id "$pod")" = "$b1" ] || bad "the sandbox container lost its VM when $c2 was deleted"
+    remove_container "$pod"
+    wait_until 20 test ! -e "/run/palisade/$pod" || bad "/run/palisade/$pod is still there after the pod's last container was deleted"
+    n=$(_count "$(our_vmm_pids)")
+    [ "$n" -eq 1 ] || bad "$n VMM processes after the pod was deleted, want 1 (the other pod's)"
+}
+
+# The VMM dies: the pod's tasks end (reported as exited), and deleting
+# them cleans up.
+t_vmm_kill_ends_tasks() {
+    local pod c2 vmm rc fg
+    pod=$(tid 1)
+    c2=$(tid 2)
+    _run_in_pod "$pod" "$pod" sleep 1000
+    reg_id "$pod"
+    run_ --annotation "$CONTAINER_TYPE_KEY=container" --annotation "$SANDBOX_ID_KEY=$pod" \
+        "$BUSYBOX_IMAGE" "$c2" sleep 1000 >"$E2E_TMP/$TEST.fg" 2>&1 &
+    fg=$!
+    wait_status "$c2" RUNNING
+    vmm=$(our_vmm_pids)
+    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    kill -KILL "$vmm"
+    wait_until "$CT" _status_is "$pod" STOPPED || bad "the sandbox container is '$(task_status "$pod")' ${CT}s after its VMM was killed"
+    # The foreground ctr run returns when its task exits (and deletes the
+    # task itself: ctr run always does, --rm or not).
+    _gone() { ! kill -0 "$1" 2>/dev/null; }
+    wait_until "$CT" _gone "$fg" || bad "ctr run of the second container still runs ${CT}s after the VMM was killed (task '$(task_status "$c2")')"
+    wait "$fg"; rc=$?
+    [ $rc -ne 0 ] || bad "ctr run of a container whose VM was killed exited 0"
+    [ -n "$(containerd_shim_pids)" ] || note "the shim exited with its VMM (it may: containerd still deletes the tasks)"
+    remove_container "$c2"
+    remove_container "$pod"
+    note "ctr run exited $rc when the VMM was killed"
+}
+
+# The runtime's configuration file (ctr --runtime-config-path, CRI
+# ConfigPath) is honoured: two vCPUs and 384 MiB instead of the defaults.
+t_config_path() {
+    local id cfg out cpus mem_kib
+    id=$(tid 1)
+    cfg=$E2E_TMP/config-2cpu.toml
+    write_test_config "$cfg" quiet 2
+    sed -i 's/^memory_mib = .*/memory_mib = 384/' "$cfg"
+    out=$(timeout -k 5 "$CT" $CTR run --runtime "$RUNTIME" --runtime-config-path "$cfg" --fifo-dir "$FIFO" \
+        --rm "$BUSYBOX_IMAGE" "$id" sh -c 'nproc; grep MemTotal /proc/meminfo' 2>&1) || bad "ctr run failed: $out"
+    cpus=$(sed -n 1p <<<"$out")
+    mem_kib=$(awk '/MemTotal/ { print $2 }' <<<"$out")
+    [ "$cpus" = 2 ] || bad "the guest has '$cpus' CPUs with vcpus = 2"
+    [ -n "$mem_kib" ] && [ "$mem_kib" -gt $((300 * 1024)) ] && [ "$mem_kib" -le $((384 * 1024)) ] ||
+        bad "the guest has MemTotal '$mem_kib' kB with memory_mib = 384"
+}
+
+# Many pods one after the other leave nothing behind: no sandbox dirs, no
+# mounts, no processes.
+t_create_delete_cycles() {
+    local i id n=${E2E_CYCLES:-20} t0=$SECONDS before
+    before=$(_palisade_state)
+    for i in $(seq "$n"); do
+        id=$(tid "$i")
+        run_ --rm "$BUSYBOX_IMAGE" "$id" true >"$E2E_TMP/$TEST.out" 2>&1 ||
+            bad "cycle $i: ctr run failed: $(tail -n 3 "$E2E_TMP/$TEST.out")"
+    done
+    wait_until 20 _clean || bad "after $n cycles: $(_leftovers_now)"
+    [ "$(_palisade_state | sort)" = "$(sort <<<"$before")" ] || bad "after $n cycles: palisade state $(_palisade_state)"
+    [ -z "$(find /run/palisade -mindepth 1 2>/dev/null)" ] || bad "after $n cycles /run/palisade holds: $(find /run/palisade -mindepth 1 | head -5)"
+    [ -z "$(our_vmm_pids)" ] || bad "after $n cycles VMMs still run: $(our_vmm_pids)"
+    note "$n create/run/delete cycles in $((SECONDS - t0))s"
+}
+
+all_tests="guest-kernel pod-shares-vm vmm-kill-ends-tasks config-path create-delete-cycles"
+ctr_suite_select "$@" -- $all_tests
+[ "$RUNTIME" = io.containerd.palisade.v2 ] ||
+    echo "NOTE: a dry run with RUNTIME=$RUNTIME: the palisade checks are expected to fail"
+ctr_suite_setup ctr-palisade
+for t in $E2E_SELECTED; do
+    if [ "$t" = create-delete-cycles ]; then
+        # A pod start takes ~15 s in the nested test host: give each cycle 30.
+        run_test "$t" $((${E2E_CYCLES:-20} * 30 + 120))
+    else
+        run_test "$t"
+    fi
+done
+ctr_suite_finish
