@@ -34,6 +34,8 @@ pub struct Service {
     namespace: String,
     /// containerd's main socket (`-address`), part of the shim socket name.
     address: String,
+    /// The socket this shim serves on (`-socket`, serving mode only).
+    socket: String,
     id: String,
     debug: bool,
     exit: Arc<ExitSignal>,
@@ -48,6 +50,7 @@ impl containerd_shim::Shim for Service {
         Service {
             namespace: args.namespace.clone(),
             address: args.address.clone(),
+            socket: args.socket.clone(),
             id: args.id.clone(),
             debug: args.debug,
             exit: Arc::new(ExitSignal::default()),
@@ -103,6 +106,10 @@ impl containerd_shim::Shim for Service {
         if let Some(pod) = pod {
             pod.finish();
         }
+        // The library removes the socket only if it can still read the
+        // bundle's `address` file, and containerd has usually removed the
+        // bundle by now (it was the pod's first container's).
+        remove_socket(&self.socket);
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
@@ -141,6 +148,20 @@ fn grouping(bundle: &Path, id: &str) -> String {
     match spec::read_bundle_spec(bundle) {
         Ok(s) => spec::sandbox_id(&s, id),
         Err(_) => id.to_owned(),
+    }
+}
+
+/// Removes a shim socket (`unix://PATH` or a path) if it is a socket.
+fn remove_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("removing the shim socket {}: {e}", path.display());
+        }
     }
 }
 
