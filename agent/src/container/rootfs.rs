@@ -12,15 +12,18 @@
 //! Everything here happens in the container's own mount namespace, which
 //! dies with its last process: no mount can leak into the guest.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, fchdir, pivot_root};
+use nix::sys::stat::{fstatat, makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, fchdir, pivot_root, unlinkat, UnlinkatFlags};
 
 use super::mounts::{make_mount_point, mount_under, remount_bind};
 use super::paths::secure_join;
@@ -153,6 +156,125 @@ fn create_device(root: &Path, d: &DevicePlan) -> io::Result<()> {
     if d.uid.is_some() || d.gid.is_some() {
         std::os::unix::fs::chown(&at, d.uid, d.gid)
             .map_err(ioerr(format_args!("chown {}", d.path.display())))?;
+    }
+    Ok(())
+}
+
+/// The file type at `name` in `dir`, not following a link; None if absent.
+fn entry_kind(dir: BorrowedFd, name: &OsStr) -> nix::Result<Option<SFlag>> {
+    match fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(SFlag::from_bits_truncate(
+            st.st_mode & SFlag::S_IFMT.bits(),
+        ))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn kind_name(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFIFO => "fifo",
+        SFlag::S_IFSOCK => "socket",
+        _ => "file of unknown type",
+    }
+}
+
+/// Binds the terminal `pty` (the process's pty slave) onto /dev/console,
+/// after pivot_root, so `/` is the container's. Both ends are file
+/// descriptors, not names: the source is the open slave itself (open_tree
+/// on the fd, not its /dev/pts name, which the container's filesystem
+/// could point elsewhere) and the target is opened without following a
+/// link at /dev/console (a link there is replaced, as for devices).
+pub fn bind_console(pty: BorrowedFd) -> io::Result<()> {
+    let fail = |doing: &str, e: Errno| io::Error::other(format!("{doing}: {e}"));
+    let dev = openat(
+        None,
+        "/dev",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening the container's /dev", e))?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+    let name = OsStr::new("console");
+    let existing = entry_kind(dev.as_fd(), name).map_err(|e| fail("looking at /dev/console", e))?;
+    let create = match existing {
+        None => true,
+        Some(SFlag::S_IFLNK) => {
+            unlinkat(Some(dev.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| fail("replacing the symlink /dev/console", e))?;
+            true
+        }
+        // A node (from the image or linux.devices) or an empty file: the
+        // bind covers it.
+        Some(SFlag::S_IFCHR | SFlag::S_IFREG) => false,
+        Some(k) => {
+            return Err(io::Error::other(format!(
+                "/dev/console is a {}; a terminal is bound there",
+                kind_name(k)
+            )))
+        }
+    };
+    if create {
+        let fd = openat(
+            Some(dev.as_raw_fd()),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| fail("creating /dev/console", e))?;
+        // SAFETY: a new fd that nothing else owns; only its name is needed.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let target = openat(
+        Some(dev.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening /dev/console", e))?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    let target = unsafe { OwnedFd::from_raw_fd(target) };
+    // SAFETY: open_tree reads the empty C string and returns a new fd.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            pty.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        let e = Errno::last();
+        let hint = if e == Errno::ENOSYS {
+            " (open_tree needs Linux 5.2)"
+        } else {
+            ""
+        };
+        return Err(io::Error::other(format!(
+            "cloning the pty for a bind: {e}{hint}"
+        )));
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // SAFETY: move_mount reads the two empty C strings; both fds are open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(fail("mounting the pty on /dev/console", Errno::last()));
     }
     Ok(())
 }
