@@ -1129,6 +1129,81 @@ fn a_link_at_dev_console_is_replaced_not_followed() {
     h.remove("k3", false).expect("RemoveContainer");
 }
 
+/// linux.devices entries at paths that hold links: /dev/ptmx (the default
+/// link to pts/ptmx, which privileged specs list as a device) and
+/// /dev/stdin (a link out of /dev, to /proc/self/fd/0) become nodes at
+/// exactly those paths; the terminal still comes from the container's own
+/// devpts. A path through a link, or onto a directory, is refused.
+#[test]
+fn devices_replace_links_at_their_path_and_never_follow_them() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-devlinks");
+    let mut s = terminal_spec(&[
+        "sh",
+        "-c",
+        "tty; stat -c '%F %t:%T %a' /dev/ptmx /dev/stdin; echo $(ls /dev/pts)",
+    ]);
+    s["linux"]["devices"] = json!([
+        {"path": "/dev/ptmx", "type": "c", "major": 5, "minor": 2, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/stdin", "type": "c", "major": 1, "minor": 5, "fileMode": 438}
+    ]);
+    let created = h
+        .create("d1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("d1");
+    assert_eq!(h.wait("d1", "").exit_code, 0);
+    assert_eq!(
+        out.join().unwrap(),
+        "/dev/pts/0\r\ncharacter special file 5:2 666\r\n\
+         character special file 1:5 666\r\n0 ptmx\r\n"
+    );
+    h.remove("d1", false).expect("RemoveContainer");
+
+    let refused = |devices: Value, image_dev: bool| {
+        let mut s = spec(&["true"]);
+        s["linux"]["devices"] = devices;
+        if image_dev {
+            s["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["destination"] != "/dev");
+        }
+        let (c, msg) = code(&h.create("d2", &s, (false, false, false)).unwrap_err());
+        assert_eq!(c, Code::INTERNAL, "{msg}");
+        msg
+    };
+    // Through the default /dev/fd -> /proc/self/fd link.
+    let msg = refused(
+        json!([{"path": "/dev/fd/9", "type": "c", "major": 1, "minor": 3}]),
+        false,
+    );
+    assert!(
+        msg.contains("opening /dev/fd") && msg.contains("not resolved through links"),
+        "{msg}"
+    );
+    // Through a link the image's own /dev holds, pointing out of /dev.
+    symlink("../etc", h.rootfs.join("dev/sub")).unwrap();
+    let msg = refused(
+        json!([{"path": "/dev/sub/null", "type": "c", "major": 1, "minor": 3}]),
+        true,
+    );
+    assert!(msg.contains("opening /dev/sub"), "{msg}");
+    assert!(!h.rootfs.join("etc/null").exists(), "made a node in /etc");
+    // Onto a directory (the devpts mount point).
+    let msg = refused(
+        json!([{"path": "/dev/pts", "type": "c", "major": 1, "minor": 3}]),
+        false,
+    );
+    assert!(
+        msg.contains("/dev/pts: it exists and is a directory"),
+        "{msg}"
+    );
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
 /// Needs a cgroup2 root with the memory controller (a guest; not this
 /// host's unified hierarchy): set PALISADE_TEST_CGROUP_ROOT.
 #[test]

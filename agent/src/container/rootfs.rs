@@ -16,14 +16,15 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{fstatat, makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, fchdir, pivot_root, unlinkat, UnlinkatFlags};
+use nix::sys::stat::{fstatat, makedev, mkdirat, mknodat, umask, Mode, SFlag};
+use nix::unistd::{
+    chdir, fchdir, fchownat, pivot_root, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags,
+};
 
 use super::mounts::{make_mount_point, mount_under, remount_bind};
 use super::paths::secure_join;
@@ -93,11 +94,12 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
             )?;
         }
         for (target, link) in DEV_LINKS {
-            let at = secure_join(root, Path::new(link))?;
-            match symlink(target, &at) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(ioerr(format_args!("linking {link}"))(e)),
+            // Not through a link already at the name (symlinkat does not
+            // follow one): whatever a mount put there stays.
+            let (dir, name) = open_dev_parent(root, Path::new(link))?;
+            match symlinkat(*target, Some(dir.as_raw_fd()), name) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(err(format_args!("linking {link}"))(e)),
             }
         }
     }
@@ -136,28 +138,133 @@ fn make_root_pivotable(scratch: &Path) -> io::Result<()> {
     chdir("/").map_err(err("chdir /"))
 }
 
+/// Creates the node `d` at its own path. The path is the container's to
+/// choose, and its /dev may hold links (the default /dev/ptmx ->
+/// pts/ptmx, or whatever an image or a mount put there), so it is walked
+/// from the container's /dev one directory at a time through file
+/// descriptors without following any link: the node can only land in
+/// that /dev, under exactly the name given. A link or an older node at the
+/// name is replaced, as runc does; anything else there is an error (the
+/// OCI spec's rule for a path that holds something else).
 fn create_device(root: &Path, d: &DevicePlan) -> io::Result<()> {
-    let at = secure_join(root, &d.path)?;
-    if let Some(parent) = at.parent() {
-        make_mount_point(parent, true)?;
+    let what = d.path.display();
+    let fail = |doing: &str, e: nix::Error| io::Error::other(format!("{doing} {what}: {e}"));
+    let (dir, name) = open_dev_parent(root, &d.path)?;
+    match entry_kind(dir.as_fd(), name).map_err(|e| fail("looking at", e))? {
+        None => {}
+        Some(k) if replaceable(k) => {
+            unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| fail(&format!("replacing the {} at", kind_name(k)), e))?;
+        }
+        Some(k) => {
+            return Err(io::Error::other(format!(
+                "creating device {what}: it exists and is a {}, not a device node or a link; \
+                 remove it from the image or the mounts, or choose another path",
+                kind_name(k)
+            )))
+        }
     }
-    let _ = fs::remove_file(&at);
-    let kind = SFlag::from_bits_truncate(d.kind);
-    mknod(
-        &at,
-        kind,
+    // mknod honours the umask; the spec's mode is meant exactly. The init
+    // process is single-threaded, so nothing else sees the umask change.
+    let old_umask = umask(Mode::empty());
+    let made = mknodat(
+        Some(dir.as_raw_fd()),
+        name,
+        SFlag::from_bits_truncate(d.kind),
         Mode::from_bits_truncate(d.mode),
         makedev(d.major, d.minor),
-    )
-    .map_err(err(format_args!("creating device {}", d.path.display())))?;
-    // mknod honours the umask; the spec's mode is meant exactly.
-    fs::set_permissions(&at, fs::Permissions::from_mode(d.mode))
-        .map_err(ioerr(format_args!("chmod {}", d.path.display())))?;
+    );
+    umask(old_umask);
+    made.map_err(|e| fail("creating device", e))?;
     if d.uid.is_some() || d.gid.is_some() {
-        std::os::unix::fs::chown(&at, d.uid, d.gid)
-            .map_err(ioerr(format_args!("chown {}", d.path.display())))?;
+        fchownat(
+            Some(dir.as_raw_fd()),
+            name,
+            d.uid.map(Uid::from_raw),
+            d.gid.map(Gid::from_raw),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fail("chown", e))?;
     }
     Ok(())
+}
+
+/// What may sit where a device node goes and be replaced by it.
+fn replaceable(kind: SFlag) -> bool {
+    [
+        SFlag::S_IFLNK,
+        SFlag::S_IFCHR,
+        SFlag::S_IFBLK,
+        SFlag::S_IFIFO,
+    ]
+    .contains(&kind)
+}
+
+/// Opens the directory that holds `path` (a /dev path from the spec, or
+/// one of the defaults), creating missing directories, and returns it with
+/// the last component. /dev itself is found as the mounts found it (under
+/// `root`, links clamped to it); below it, no link is followed.
+fn open_dev_parent<'p>(root: &Path, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+    let what = path.display();
+    let rel = path
+        .strip_prefix("/dev")
+        .map_err(|_| io::Error::other(format!("device path {what} is not under /dev")))?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(part) => parts.push(part),
+            _ => {
+                return Err(io::Error::other(format!(
+                    "device path {what} is not a plain path under /dev"
+                )))
+            }
+        }
+    }
+    let name = parts
+        .pop()
+        .ok_or_else(|| io::Error::other(format!("device path {what} names /dev itself")))?;
+    let dev = secure_join(root, Path::new("/dev"))?;
+    make_mount_point(&dev, true)?;
+    let mut dir = open_dir(None, dev.as_os_str())
+        .map_err(|e| io::Error::other(format!("opening the container's /dev: {e}")))?;
+    let mut walked = PathBuf::from("/dev");
+    for part in parts {
+        walked.push(part);
+        match mkdirat(Some(dir.as_raw_fd()), part, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "creating {} for device {what}: {e}",
+                    walked.display()
+                )))
+            }
+        }
+        dir = open_dir(Some(dir.as_fd()), part).map_err(|e| {
+            let hint = match e {
+                Errno::ENOTDIR | Errno::ELOOP => {
+                    " (a link or a file: device paths are not resolved through links)"
+                }
+                _ => "",
+            };
+            io::Error::other(format!(
+                "device {what}: opening {}: {e}{hint}",
+                walked.display()
+            ))
+        })?;
+    }
+    Ok((dir, name))
+}
+
+/// Opens a directory as a handle for *at calls, refusing a link at `name`.
+fn open_dir(at: Option<BorrowedFd>, name: &OsStr) -> nix::Result<OwnedFd> {
+    let fd = openat(
+        at.map(|d| d.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The file type at `name` in `dir`, not following a link; None if absent.
