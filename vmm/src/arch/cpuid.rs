@@ -1,4 +1,15 @@
 //! CPUID the guest sees: what KVM supports, with per-vCPU topology.
+//!
+//! Leaf 0xd (XSAVE) passes through as KVM reports it: KVM rewrites the
+//! leaf's size from the guest's XCR0 on every XSETBV, so it matches the
+//! features the guest enabled. In the nested test host it does not:
+//! QEMU's emulated SVM (7.2) has no XSETBV intercept, so the L1 KVM never
+//! sees the guest's XCR0, reports the x87/SSE size (576) against the AVX
+//! layout (832), and Linux prints "XSAVE consistency problem" and falls
+//! back to FXSAVE; QEMU's own microvm guest does the same there. Hiding
+//! AVX here would not make that host right: its KVM still loads XCR0 =
+//! x87 into the guest on every entry, and a guest that kept XSAVE would
+//! then lose SSE state, which the FXSAVE fallback avoids.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
