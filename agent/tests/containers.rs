@@ -1012,6 +1012,198 @@ fn exec_with_a_terminal() {
     assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
 }
 
+/// Device, inode and device numbers (hex) of fd 0 and of /dev/console,
+/// then how many mounts are at /dev/console.
+const CONSOLE_PROBE: &str = "stat -L -c '%d %i %t:%T' /proc/self/fd/0 /dev/console; \
+                             grep -c ' /dev/console ' /proc/self/mountinfo";
+
+/// OCI: with process.terminal, the container's /dev/console is a bind of
+/// the init process's pty (as runc does); an exec's terminal leaves it
+/// alone; without a terminal there is none.
+#[test]
+fn the_init_processs_terminal_is_its_dev_console() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-console");
+    let script = format!("{CONSOLE_PROBE}; read x");
+    let created = h
+        .create(
+            "k1",
+            &terminal_spec(&["sh", "-c", &script]),
+            (true, true, false),
+        )
+        .expect("CreateContainer");
+    let ports = created.stdio.into_option().unwrap();
+    let out = h.collect(ports.stdout_port);
+    h.start_container("k1");
+
+    // While the init waits: an exec's terminal is its own pty, and
+    // /dev/console stays the init's.
+    let mut p = process(&["sh", "-c", CONSOLE_PROBE]);
+    p["terminal"] = true.into();
+    let (_, [_, exec_out, _]) = h
+        .exec("k1", "e1", &p, (false, true, false))
+        .expect("ExecProcess");
+    let exec_out = h.collect(exec_out);
+    assert_eq!(h.wait("k1", "e1").exit_code, 0);
+    let exec_out = exec_out.join().unwrap();
+    let mut input = h.connect(ports.stdin_port);
+    input.write_all(b"go\n").unwrap();
+    assert_eq!(h.wait("k1", "").exit_code, 0);
+    let out = out.join().unwrap();
+
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(lines.len() >= 3, "{out:?}");
+    // The same file: one devpts, one inode; pty 0 (major 136 = 0x88).
+    assert_eq!(lines[0], lines[1], "fd 0 and /dev/console differ: {out:?}");
+    assert!(lines[0].ends_with(" 88:0"), "{out:?}");
+    assert_eq!(lines[2], "1", "one mount at /dev/console: {out:?}");
+    let exec_lines: Vec<&str> = exec_out.split("\r\n").collect();
+    assert!(exec_lines.len() >= 3, "{exec_out:?}");
+    assert!(exec_lines[0].ends_with(" 88:1"), "{exec_out:?}");
+    assert_eq!(exec_lines[1], lines[1], "the exec rebound /dev/console");
+    assert_eq!(exec_lines[2], "1", "{exec_out:?}");
+    h.remove("k1", false).expect("RemoveContainer");
+
+    // No terminal: no /dev/console, no mount there.
+    let created = h
+        .create(
+            "k2",
+            &spec(&[
+                "sh",
+                "-c",
+                "test -e /dev/console && echo present || echo absent; \
+                 grep -c ' /dev/console ' /proc/self/mountinfo",
+            ]),
+            (false, true, false),
+        )
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("k2");
+    h.wait("k2", "");
+    assert_eq!(out.join().unwrap(), "absent\n0\n");
+    h.remove("k2", false).expect("RemoveContainer");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
+/// A /dev the image brings (no tmpfs mounted there): a link at
+/// /dev/console is replaced by the console, not followed; the file it
+/// pointed to is untouched.
+#[test]
+fn a_link_at_dev_console_is_replaced_not_followed() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-console-link");
+    std::fs::write(h.rootfs.join("etc/target"), "target\n").unwrap();
+    symlink("../etc/target", h.rootfs.join("dev/console")).unwrap();
+    symlink("pts/ptmx", h.rootfs.join("dev/ptmx")).unwrap();
+    let mut s = terminal_spec(&[
+        "sh",
+        "-c",
+        "stat -c %F /dev/console; cat /etc/target; \
+         grep -c ' /etc/target ' /proc/self/mountinfo",
+    ]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/dev");
+    // Masked paths are bound over with /dev/null, which no tmpfs /dev
+    // brings now.
+    s["linux"]["devices"] = json!([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}]);
+    let created = h
+        .create("k3", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("k3");
+    h.wait("k3", "");
+    assert_eq!(
+        out.join().unwrap(),
+        "character special file\r\ntarget\r\n0\r\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.rootfs.join("etc/target")).unwrap(),
+        "target\n"
+    );
+    h.remove("k3", false).expect("RemoveContainer");
+}
+
+/// linux.devices entries at paths that hold links: /dev/ptmx (the default
+/// link to pts/ptmx, which privileged specs list as a device) and
+/// /dev/stdin (a link out of /dev, to /proc/self/fd/0) become nodes at
+/// exactly those paths; the terminal still comes from the container's own
+/// devpts. A path through a link, or onto a directory, is refused.
+#[test]
+fn devices_replace_links_at_their_path_and_never_follow_them() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start("ctr-devlinks");
+    let mut s = terminal_spec(&[
+        "sh",
+        "-c",
+        "tty; stat -c '%F %t:%T %a' /dev/ptmx /dev/stdin; echo $(ls /dev/pts)",
+    ]);
+    s["linux"]["devices"] = json!([
+        {"path": "/dev/ptmx", "type": "c", "major": 5, "minor": 2, "fileMode": 438, "uid": 0, "gid": 0},
+        {"path": "/dev/stdin", "type": "c", "major": 1, "minor": 5, "fileMode": 438}
+    ]);
+    let created = h
+        .create("d1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("d1");
+    assert_eq!(h.wait("d1", "").exit_code, 0);
+    assert_eq!(
+        out.join().unwrap(),
+        "/dev/pts/0\r\ncharacter special file 5:2 666\r\n\
+         character special file 1:5 666\r\n0 ptmx\r\n"
+    );
+    h.remove("d1", false).expect("RemoveContainer");
+
+    let refused = |devices: Value, image_dev: bool| {
+        let mut s = spec(&["true"]);
+        s["linux"]["devices"] = devices;
+        if image_dev {
+            s["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["destination"] != "/dev");
+        }
+        let (c, msg) = code(&h.create("d2", &s, (false, false, false)).unwrap_err());
+        assert_eq!(c, Code::INTERNAL, "{msg}");
+        msg
+    };
+    // Through the default /dev/fd -> /proc/self/fd link.
+    let msg = refused(
+        json!([{"path": "/dev/fd/9", "type": "c", "major": 1, "minor": 3}]),
+        false,
+    );
+    assert!(
+        msg.contains("opening /dev/fd") && msg.contains("not resolved through links"),
+        "{msg}"
+    );
+    // Through a link the image's own /dev holds, pointing out of /dev.
+    symlink("../etc", h.rootfs.join("dev/sub")).unwrap();
+    let msg = refused(
+        json!([{"path": "/dev/sub/null", "type": "c", "major": 1, "minor": 3}]),
+        true,
+    );
+    assert!(msg.contains("opening /dev/sub"), "{msg}");
+    assert!(!h.rootfs.join("etc/null").exists(), "made a node in /etc");
+    // Onto a directory (the devpts mount point).
+    let msg = refused(
+        json!([{"path": "/dev/pts", "type": "c", "major": 1, "minor": 3}]),
+        false,
+    );
+    assert!(
+        msg.contains("/dev/pts: it exists and is a directory"),
+        "{msg}"
+    );
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
 /// Needs a cgroup2 root with the memory controller (a guest; not this
 /// host's unified hierarchy): set PALISADE_TEST_CGROUP_ROOT.
 #[test]

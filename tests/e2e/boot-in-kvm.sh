@@ -111,3 +111,29 @@ if [ $rc -eq 0 ]; then fail $t "check passed without an init"
 elif ! grep -qiE "exit|reset|stopped" <<<"$text"; then fail $t "unclear error: $(tail -3 <<<"$text")"
 elif [ "$(leftovers)" != "$before" ]; then fail $t "left behind: $(leftovers)"
 else pass $t; fi
+
+# 7. An SMP guest has a working local APIC timer on every CPU: the VMM
+#    advertises the TSC-deadline mode KVM emulates, so Linux neither
+#    calibrates the APIC timer against the PIT nor, when that check fails
+#    under emulation, falls back to broadcasting the PIT's tick by IPI.
+t=smp-guest-has-deadline-timers
+"$E2E_BIN/containerd-shim-palisade-v2" __vmm --kernel "$E2E_OUT/vmlinux" --initrd "$E2E_OUT/initramfs.cpio.gz" \
+    --kernel-params "printk.time=1" --vcpus 2 --memory-mib 128 --serial-log "$tmp/smp.log" \
+    --vsock-uds "$tmp/smp.sock" >"$tmp/smp.out" 2>"$tmp/smp.err" &
+vmm=$!
+deadline=$((SECONDS + 120))
+until grep -q "boot-signal 2" "$tmp/smp.out" 2>/dev/null || ! kill -0 $vmm 2>/dev/null || [ $SECONDS -ge $deadline ]; do
+    sleep 0.2
+done
+kill -TERM $vmm 2>/dev/null; wait $vmm 2>/dev/null
+if ! grep -q "boot-signal 2" "$tmp/smp.out"; then
+    fail $t "the agent never became ready: $(cat "$tmp/smp.err"); console: $(tail -5 "$tmp/smp.log")"
+elif ! grep -q "smp: Brought up 1 node, 2 CPUs" "$tmp/smp.log"; then
+    fail $t "the guest did not bring up 2 CPUs: $(grep -a 'smp:' "$tmp/smp.log")"
+elif ! grep -q "TSC deadline timer available" "$tmp/smp.log"; then
+    fail $t "the guest has no TSC-deadline timer"
+elif grep -qE "APIC timer disabled|lapic is not functional" "$tmp/smp.log"; then
+    fail $t "the guest disabled its APIC timer: $(grep -aE 'APIC timer|lapic' "$tmp/smp.log" | head -3)"
+else
+    pass $t
+fi

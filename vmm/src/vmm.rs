@@ -14,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::{boot, layout, mptable, regs};
+use crate::arch::{boot, cpuid, layout, mptable, regs};
 use crate::devices::bus::{lock, Bus, BusDevice, OverlapError};
 use crate::devices::legacy::{BootSignalPort, EventFdTrigger, ResetController, SerialConsole};
 use crate::devices::virtio::fs::{self as virtio_fs, VirtioFs};
@@ -275,12 +275,15 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
     mptable::setup_mptable(&mem, layout::MPTABLE_START, config.vcpus)?;
     regs::write_gdt(&mem)?;
 
-    let base_cpuid = kvm
+    let mut base_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| Error::Kvm {
             what: "report its CPUID",
             source,
         })?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        cpuid::enable_tsc_deadline(&mut base_cpuid);
+    }
     let mut vcpu_fds = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
         let entry = (id == 0).then_some(guest.entry.0);

@@ -132,7 +132,11 @@ fn setup(config: &InitConfig, channel: &mut Channel) -> Result<CString, InitErro
         // Once the container's mounts (its devpts) are in place; before
         // the masked and read-only paths, which restrict the workload, not
         // its setup (runc's order too).
-        let master = open_terminal(Uid::from_raw(config.process.uid))?;
+        // Only a new container's init gets /dev/console (as in runc): an
+        // exec process shares the container's mount namespace, where a
+        // bind would replace the init's console for everyone.
+        let console = config.rootfs.is_some();
+        let master = open_terminal(Uid::from_raw(config.process.uid), console)?;
         channel
             .send_fd(&FromInit::Terminal, master.as_fd())
             .map_err(step("passing the terminal to the agent"))?;
@@ -149,11 +153,13 @@ fn setup(config: &InitConfig, channel: &mut Channel) -> Result<CString, InitErro
 /// so the tty belongs to the devpts instance the container's /dev/pts
 /// shows: ttyname() finds it there, which it cannot for a pty of the
 /// agent's devpts. Puts the slave on fds 0-2 (the session step makes it
-/// the controlling terminal) and returns the master for the agent.
+/// the controlling terminal) and returns the master for the agent. With
+/// `console`, also binds the slave onto the container's /dev/console, as
+/// the OCI spec asks for a process with a terminal.
 ///
 /// Runs in the container's mount namespace: after pivot_root for an init,
 /// after entering the namespaces for an exec.
-fn open_terminal(owner: Uid) -> Result<OwnedFd, InitError> {
+fn open_terminal(owner: Uid, console: bool) -> Result<OwnedFd, InitError> {
     const STEP: &str = "allocating the terminal";
     let fail = |what: &str, e: Errno, hint: &str| InitError {
         step: STEP,
@@ -208,6 +214,10 @@ fn open_terminal(owner: Uid) -> Result<OwnedFd, InitError> {
     // stays the devpts mount's).
     nix::unistd::fchown(slave.as_raw_fd(), Some(owner), None)
         .map_err(|e| fail(&format!("giving the pty to uid {owner}"), e, ""))?;
+    if console {
+        rootfs::bind_console(slave.as_fd())
+            .map_err(step("binding the terminal to /dev/console"))?;
+    }
     // The slave is above fd 2 (0-2 hold the agent's /dev/null until now),
     // so each dup2 makes a copy without close-on-exec, for the workload.
     for fd in 0..=2 {

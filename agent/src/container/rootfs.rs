@@ -12,15 +12,19 @@
 //! Everything here happens in the container's own mount namespace, which
 //! dies with its last process: no mount can leak into the guest.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, fchdir, pivot_root};
+use nix::sys::stat::{fstatat, makedev, mkdirat, mknodat, umask, Mode, SFlag};
+use nix::unistd::{
+    chdir, fchdir, fchownat, pivot_root, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags,
+};
 
 use super::mounts::{make_mount_point, mount_under, remount_bind};
 use super::paths::secure_join;
@@ -90,11 +94,12 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
             )?;
         }
         for (target, link) in DEV_LINKS {
-            let at = secure_join(root, Path::new(link))?;
-            match symlink(target, &at) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(ioerr(format_args!("linking {link}"))(e)),
+            // Not through a link already at the name (symlinkat does not
+            // follow one): whatever a mount put there stays.
+            let (dir, name) = open_dev_parent(root, Path::new(link))?;
+            match symlinkat(*target, Some(dir.as_raw_fd()), name) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(err(format_args!("linking {link}"))(e)),
             }
         }
     }
@@ -133,26 +138,250 @@ fn make_root_pivotable(scratch: &Path) -> io::Result<()> {
     chdir("/").map_err(err("chdir /"))
 }
 
+/// Creates the node `d` at its own path. The path is the container's to
+/// choose, and its /dev may hold links (the default /dev/ptmx ->
+/// pts/ptmx, or whatever an image or a mount put there), so it is walked
+/// from the container's /dev one directory at a time through file
+/// descriptors without following any link: the node can only land in
+/// that /dev, under exactly the name given. A link or an older node at the
+/// name is replaced, as runc does; anything else there is an error (the
+/// OCI spec's rule for a path that holds something else).
 fn create_device(root: &Path, d: &DevicePlan) -> io::Result<()> {
-    let at = secure_join(root, &d.path)?;
-    if let Some(parent) = at.parent() {
-        make_mount_point(parent, true)?;
+    let what = d.path.display();
+    let fail = |doing: &str, e: nix::Error| io::Error::other(format!("{doing} {what}: {e}"));
+    let (dir, name) = open_dev_parent(root, &d.path)?;
+    match entry_kind(dir.as_fd(), name).map_err(|e| fail("looking at", e))? {
+        None => {}
+        Some(k) if replaceable(k) => {
+            unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| fail(&format!("replacing the {} at", kind_name(k)), e))?;
+        }
+        Some(k) => {
+            return Err(io::Error::other(format!(
+                "creating device {what}: it exists and is a {}, not a device node or a link; \
+                 remove it from the image or the mounts, or choose another path",
+                kind_name(k)
+            )))
+        }
     }
-    let _ = fs::remove_file(&at);
-    let kind = SFlag::from_bits_truncate(d.kind);
-    mknod(
-        &at,
-        kind,
+    // mknod honours the umask; the spec's mode is meant exactly. The init
+    // process is single-threaded, so nothing else sees the umask change.
+    let old_umask = umask(Mode::empty());
+    let made = mknodat(
+        Some(dir.as_raw_fd()),
+        name,
+        SFlag::from_bits_truncate(d.kind),
         Mode::from_bits_truncate(d.mode),
         makedev(d.major, d.minor),
-    )
-    .map_err(err(format_args!("creating device {}", d.path.display())))?;
-    // mknod honours the umask; the spec's mode is meant exactly.
-    fs::set_permissions(&at, fs::Permissions::from_mode(d.mode))
-        .map_err(ioerr(format_args!("chmod {}", d.path.display())))?;
+    );
+    umask(old_umask);
+    made.map_err(|e| fail("creating device", e))?;
     if d.uid.is_some() || d.gid.is_some() {
-        std::os::unix::fs::chown(&at, d.uid, d.gid)
-            .map_err(ioerr(format_args!("chown {}", d.path.display())))?;
+        fchownat(
+            Some(dir.as_raw_fd()),
+            name,
+            d.uid.map(Uid::from_raw),
+            d.gid.map(Gid::from_raw),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| fail("chown", e))?;
+    }
+    Ok(())
+}
+
+/// What may sit where a device node goes and be replaced by it.
+fn replaceable(kind: SFlag) -> bool {
+    [
+        SFlag::S_IFLNK,
+        SFlag::S_IFCHR,
+        SFlag::S_IFBLK,
+        SFlag::S_IFIFO,
+    ]
+    .contains(&kind)
+}
+
+/// Opens the directory that holds `path` (a /dev path from the spec, or
+/// one of the defaults), creating missing directories, and returns it with
+/// the last component. /dev itself is found as the mounts found it (under
+/// `root`, links clamped to it); below it, no link is followed.
+fn open_dev_parent<'p>(root: &Path, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+    let what = path.display();
+    let rel = path
+        .strip_prefix("/dev")
+        .map_err(|_| io::Error::other(format!("device path {what} is not under /dev")))?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(part) => parts.push(part),
+            _ => {
+                return Err(io::Error::other(format!(
+                    "device path {what} is not a plain path under /dev"
+                )))
+            }
+        }
+    }
+    let name = parts
+        .pop()
+        .ok_or_else(|| io::Error::other(format!("device path {what} names /dev itself")))?;
+    let dev = secure_join(root, Path::new("/dev"))?;
+    make_mount_point(&dev, true)?;
+    let mut dir = open_dir(None, dev.as_os_str())
+        .map_err(|e| io::Error::other(format!("opening the container's /dev: {e}")))?;
+    let mut walked = PathBuf::from("/dev");
+    for part in parts {
+        walked.push(part);
+        match mkdirat(Some(dir.as_raw_fd()), part, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "creating {} for device {what}: {e}",
+                    walked.display()
+                )))
+            }
+        }
+        dir = open_dir(Some(dir.as_fd()), part).map_err(|e| {
+            let hint = match e {
+                Errno::ENOTDIR | Errno::ELOOP => {
+                    " (a link or a file: device paths are not resolved through links)"
+                }
+                _ => "",
+            };
+            io::Error::other(format!(
+                "device {what}: opening {}: {e}{hint}",
+                walked.display()
+            ))
+        })?;
+    }
+    Ok((dir, name))
+}
+
+/// Opens a directory as a handle for *at calls, refusing a link at `name`.
+fn open_dir(at: Option<BorrowedFd>, name: &OsStr) -> nix::Result<OwnedFd> {
+    let fd = openat(
+        at.map(|d| d.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The file type at `name` in `dir`, not following a link; None if absent.
+fn entry_kind(dir: BorrowedFd, name: &OsStr) -> nix::Result<Option<SFlag>> {
+    match fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(SFlag::from_bits_truncate(
+            st.st_mode & SFlag::S_IFMT.bits(),
+        ))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn kind_name(kind: SFlag) -> &'static str {
+    match kind {
+        SFlag::S_IFDIR => "directory",
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFIFO => "fifo",
+        SFlag::S_IFSOCK => "socket",
+        _ => "file of unknown type",
+    }
+}
+
+/// Binds the terminal `pty` (the process's pty slave) onto /dev/console,
+/// after pivot_root, so `/` is the container's. Both ends are file
+/// descriptors, not names: the source is the open slave itself (open_tree
+/// on the fd, not its /dev/pts name, which the container's filesystem
+/// could point elsewhere) and the target is opened without following a
+/// link at /dev/console (a link there is replaced, as for devices).
+pub fn bind_console(pty: BorrowedFd) -> io::Result<()> {
+    let fail = |doing: &str, e: Errno| io::Error::other(format!("{doing}: {e}"));
+    let dev = openat(
+        None,
+        "/dev",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening the container's /dev", e))?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+    let name = OsStr::new("console");
+    let existing = entry_kind(dev.as_fd(), name).map_err(|e| fail("looking at /dev/console", e))?;
+    let create = match existing {
+        None => true,
+        Some(SFlag::S_IFLNK) => {
+            unlinkat(Some(dev.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| fail("replacing the symlink /dev/console", e))?;
+            true
+        }
+        // A node (from the image or linux.devices) or an empty file: the
+        // bind covers it.
+        Some(SFlag::S_IFCHR | SFlag::S_IFREG) => false,
+        Some(k) => {
+            return Err(io::Error::other(format!(
+                "/dev/console is a {}; a terminal is bound there",
+                kind_name(k)
+            )))
+        }
+    };
+    if create {
+        let fd = openat(
+            Some(dev.as_raw_fd()),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| fail("creating /dev/console", e))?;
+        // SAFETY: a new fd that nothing else owns; only its name is needed.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let target = openat(
+        Some(dev.as_raw_fd()),
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("opening /dev/console", e))?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    let target = unsafe { OwnedFd::from_raw_fd(target) };
+    // SAFETY: open_tree reads the empty C string and returns a new fd.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            pty.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        let e = Errno::last();
+        let hint = if e == Errno::ENOSYS {
+            " (open_tree needs Linux 5.2)"
+        } else {
+            ""
+        };
+        return Err(io::Error::other(format!(
+            "cloning the pty for a bind: {e}{hint}"
+        )));
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // SAFETY: move_mount reads the two empty C strings; both fds are open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(fail("mounting the pty on /dev/console", Errno::last()));
     }
     Ok(())
 }

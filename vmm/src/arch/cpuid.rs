@@ -1,4 +1,15 @@
 //! CPUID the guest sees: what KVM supports, with per-vCPU topology.
+//!
+//! Leaf 0xd (XSAVE) passes through as KVM reports it: KVM rewrites the
+//! leaf's size from the guest's XCR0 on every XSETBV, so it matches the
+//! features the guest enabled. In the nested test host it does not:
+//! QEMU's emulated SVM (7.2) has no XSETBV intercept, so the L1 KVM never
+//! sees the guest's XCR0, reports the x87/SSE size (576) against the AVX
+//! layout (832), and Linux prints "XSAVE consistency problem" and falls
+//! back to FXSAVE; QEMU's own microvm guest does the same there. Hiding
+//! AVX here would not make that host right: its KVM still loads XCR0 =
+//! x87 into the guest on every entry, and a guest that kept XSAVE would
+//! then lose SSE state, which the FXSAVE fallback avoids.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -7,6 +18,7 @@ const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EBX_APIC_ID_SHIFT: u32 = 24;
 const EBX_LOGICAL_COUNT_SHIFT: u32 = 16;
@@ -56,6 +68,21 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, cpu_count: u8) -> Result<(), 
     entries.extend(extended_topology(cpu_id, cpu_count));
     *cpuid = CpuId::from_entries(&entries).map_err(|_| CpuidError)?;
     Ok(())
+}
+
+/// Advertises the local APIC's TSC-deadline mode, which KVM emulates but
+/// leaves out of KVM_GET_SUPPORTED_CPUID (userspace sets the bit when
+/// KVM_CAP_TSC_DEADLINE_TIMER says so). Without it Linux calibrates the
+/// APIC timer against the PIT at boot: about 200 ms on hardware, and under
+/// emulation the check that follows can fail ("APIC timer disabled due to
+/// verification failure"), leaving an SMP guest without per-CPU timers,
+/// every CPU's tick broadcast from the PIT by IPI.
+pub fn enable_tsc_deadline(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice().iter_mut() {
+        if entry.function == LEAF_FEATURES {
+            entry.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
 }
 
 /// Leaf 0xb: an SMT level of one thread, a core level of `cpu_count`
@@ -127,7 +154,27 @@ mod tests {
             (2, 4, (2 << 8) | 1, 3)
         );
         let end = find(&cpuid, 0xb, 2);
+        assert_eq!(leaf1.ecx & ECX_TSC_DEADLINE, 0, "only when asked for");
         assert_eq!(end.ecx >> 8, 0, "terminating level is invalid");
         assert!(cpuid.as_slice().iter().all(|e| e.function != 0x1f));
+    }
+
+    #[test]
+    fn tsc_deadline_is_set_in_leaf_1_only() {
+        let entries = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: 0x1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                ..Default::default()
+            },
+        ];
+        let mut cpuid = CpuId::from_entries(&entries).expect("cpuid");
+        enable_tsc_deadline(&mut cpuid);
+        assert_eq!(find(&cpuid, 1, 0).ecx, 0x1 | ECX_TSC_DEADLINE);
+        assert_eq!(find(&cpuid, 7, 0).ecx, 0);
     }
 }
