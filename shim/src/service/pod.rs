@@ -316,9 +316,15 @@ impl Pod {
         })?;
 
         let agent = sandbox.agent();
+        let creating = std::time::Instant::now();
         let started = agent
             .create_container(&req.id, json, &guest_rootfs, req.stdio.wanted())
             .map_err(|e| TaskError::from_agent("the guest refused the container", &e))?;
+        log::debug!(
+            "container {}: built in the guest in {} ms",
+            req.id,
+            creating.elapsed().as_millis()
+        );
         let bridge = match Bridge::connect(agent, &req.stdio, started.ports) {
             Ok(b) => b,
             Err(e) => {
@@ -403,6 +409,7 @@ impl Pod {
                 pod.vm_died(how);
             }
         });
+        let booting = std::time::Instant::now();
         let sandbox = Sandbox::start(&sandbox_id, &dir, &sized, on_exit)
             .map(Arc::new)
             .map_err(|e| {
@@ -411,6 +418,10 @@ impl Pod {
                     format!("cannot start the pod's VM: {}", crate::error_chain(&e)),
                 )
             })?;
+        log::info!(
+            "pod {sandbox_id}: VM up, agent answered {} ms after the VMM was started",
+            booting.elapsed().as_millis()
+        );
         {
             let mut state = self.lock();
             state.sandbox = SandboxSlot::Running(sandbox.clone());
