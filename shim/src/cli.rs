@@ -1,17 +1,26 @@
-//! The `palisade` command line.
+//! The `palisade` command line. `check` is parsed here; `sandbox` and
+//! `agent`, the developer tool, have their own parsers in
+//! [`crate::devtool::args`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::devtool::{self, AgentInvocation, ArgsError, SandboxCommand};
+
 pub const USAGE: &str = "\
-palisade: diagnostics for the palisade container runtime
+palisade: diagnostics and developer tools for the palisade container runtime
 
 Usage: palisade [--config PATH] <command> [options]
 
 Commands:
   check    check that this host can run palisade sandboxes, then boot one
            sandbox VM, talk to its agent, shut it down, and time each phase
+  sandbox  `sandbox run`: boot a sandbox VM and keep it up until Ctrl-C
+           (`palisade sandbox --help`)
+  agent    drive a sandbox's guest agent by hand: create, start, exec, kill,
+           wait, rm, ps, stats, update, pause, resume, events, resize, run
+           (`palisade agent --help`)
   help     show this help
 
 Options:
@@ -49,13 +58,15 @@ pub enum Command {
         force: bool,
         timeout: Option<Duration>,
     },
+    Sandbox(SandboxCommand),
+    Agent(AgentInvocation),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UsageError {
     #[error("no command given (try `palisade check`)")]
     NoCommand,
-    #[error("unknown command {0:?} (the command is `check`)")]
+    #[error("unknown command {0:?} (commands: check, sandbox, agent)")]
     UnknownCommand(String),
     #[error("unknown option {0:?}")]
     UnknownOption(String),
@@ -67,13 +78,72 @@ pub enum UsageError {
     BadTimeout(String),
     #[error("argument {0:?} is not valid UTF-8")]
     NotUtf8(OsString),
+    #[error(transparent)]
+    Devtool(#[from] ArgsError),
 }
 
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
+/// Where the first command word is, skipping global options and the
+/// value of `--config`.
+fn command_position(args: &[OsString]) -> Option<usize> {
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--config" {
+            i += 2;
+            continue;
+        }
+        if !args[i].to_string_lossy().starts_with('-') {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `palisade [GLOBAL OPTIONS] sandbox|agent ...`: only `--config` may come
+/// before the command; the rest is the developer tool's.
+fn parse_devtool(args: &[OsString], at: usize) -> Result<Cli, UsageError> {
+    let mut config: Option<PathBuf> = None;
+    let mut iter = args[..at].iter();
+    while let Some(arg) = iter.next() {
+        let text = arg
+            .to_str()
+            .ok_or_else(|| UsageError::NotUtf8(arg.clone()))?;
+        let command = match text {
+            "-h" | "--help" => Some(Command::Help),
+            "-V" | "--version" => Some(Command::Version),
+            _ => None,
+        };
+        if let Some(command) = command {
+            return Ok(Cli { config, command });
+        }
+        if text == "--config" {
+            let value = iter.next().ok_or(UsageError::MissingValue("--config"))?;
+            set_once(&mut config, "--config", PathBuf::from(value))?;
+        } else if let Some(value) = text.strip_prefix("--config=") {
+            set_once(&mut config, "--config", PathBuf::from(value))?;
+        } else {
+            return Err(UsageError::UnknownOption(text.to_owned()));
+        }
+    }
+    let rest = devtool::scan::to_strings(&args[at + 1..])?;
+    let command = if args[at] == "sandbox" {
+        Command::Sandbox(devtool::args::parse_sandbox(&rest)?)
+    } else {
+        Command::Agent(devtool::args::parse_agent(&rest)?)
+    };
+    Ok(Cli { config, command })
+}
+
 /// Parses the arguments after the program name. Options may come before
 /// or after the command; `--opt=value` and `--opt value` both work.
 pub fn parse(args: &[OsString]) -> Result<Cli, UsageError> {
+    if let Some(at) = command_position(args) {
+        if args[at] == "sandbox" || args[at] == "agent" {
+            return parse_devtool(args, at);
+        }
+    }
     let mut config: Option<PathBuf> = None;
     let mut command: Option<String> = None;
     let mut json = false;
@@ -226,6 +296,31 @@ mod tests {
         assert_eq!(
             p(&["--config", "/a", "check", "--config", "/b"]),
             Err(UsageError::Duplicate("--config"))
+        );
+    }
+
+    #[test]
+    fn hands_sandbox_and_agent_to_the_devtool() {
+        let cli = p(&["--config=/c.toml", "sandbox", "run", "--id", "s1"]).unwrap();
+        assert_eq!(cli.config, Some("/c.toml".into()));
+        assert!(matches!(
+            cli.command,
+            Command::Sandbox(SandboxCommand::Run(ref r)) if r.id.as_deref() == Some("s1")
+        ));
+        let cli = p(&["agent", "--sandbox", "s1", "ps", "c1"]).unwrap();
+        assert!(matches!(cli.command, Command::Agent(_)));
+        // `--json` belongs to check, not before the devtool's commands.
+        assert_eq!(
+            p(&["--json", "agent", "--sandbox", "s1", "ps", "c1"]),
+            Err(UsageError::UnknownOption("--json".into()))
+        );
+        assert!(matches!(
+            p(&["agent", "ps", "c1"]),
+            Err(UsageError::Devtool(ArgsError::NoTarget))
+        ));
+        assert_eq!(
+            p(&["--help", "sandbox"]).map(|c| c.command),
+            Ok(Command::Help)
         );
     }
 }

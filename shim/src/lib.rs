@@ -6,6 +6,7 @@ pub mod agent_client;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod devtool;
 pub mod hybrid_vsock;
 pub mod mount;
 pub mod sandbox;

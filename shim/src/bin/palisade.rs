@@ -1,11 +1,13 @@
-//! `palisade`: the user-facing diagnostic tool (`palisade check`). Also
-//! serves as a VMM process (`__vmm`) when it boots a VM for the check.
+//! `palisade`: the user-facing diagnostic tool (`palisade check`) and the
+//! developer tool (`palisade sandbox run`, `palisade agent ...`). Also
+//! serves as a VMM process (`__vmm`) when it boots a VM.
 
 use std::process::ExitCode;
 
 use palisade_shim::check::{self, CheckOptions};
 use palisade_shim::cli::{self, Command, USAGE};
 use palisade_shim::config::ConfigLocation;
+use palisade_shim::devtool;
 use palisade_shim::vmm_process::child;
 
 /// Status for a command line we do not understand.
@@ -45,5 +47,7 @@ fn main() -> ExitCode {
             force,
             timeout,
         }),
+        Command::Sandbox(command) => devtool::run_sandbox(&command, cli.config),
+        Command::Agent(invocation) => devtool::run_agent(&invocation),
     }
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub use boot_files::{check_initrd, check_kernel, inspect_kernel, KernelImage, KernelImageError};
-pub use kvm::{classify, cpu_has_flag, HostPaths, KvmKind, VirtExtension};
+pub use kvm::{check as check_kvm, classify, cpu_has_flag, HostPaths, KvmKind, VirtExtension};
 pub use report::{BootReport, Finding};
 
 use crate::config::{self, ConfigLocation};
