@@ -20,3 +20,4 @@ suite() {
 suite boot-in-kvm "$here/boot-in-kvm.sh"
 suite ctr-run-palisade env RUNTIME=io.containerd.palisade.v2 "$here/ctr-run.sh"
 suite ctr-palisade "$here/ctr-palisade.sh"
+suite containers-in-vm "$here/containers-in-vm.sh"
