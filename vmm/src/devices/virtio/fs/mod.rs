@@ -16,6 +16,7 @@
 //! What the guest can and cannot reach is documented in [`passthrough`].
 
 pub mod passthrough;
+pub mod shared_dir;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -74,9 +74,12 @@ use std::time::Duration;
 use caps::{CapSet, Capability};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-/// What [`new_passthrough`] returns: the bitmap type matches guest memory
-/// without dirty tracking.
-pub type SharedDirFs = PassthroughFs<()>;
+use super::shared_dir::SharedDir;
+
+/// What [`new_passthrough`] returns: the passthrough (its bitmap type
+/// matching guest memory without dirty tracking) with the connection
+/// options of [`super::shared_dir`].
+pub type SharedDirFs = SharedDir;
 
 /// How long the guest may trust attributes and names (see the module docs).
 const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -115,9 +118,9 @@ pub fn passthrough_config(root_dir: &str) -> Config {
 /// modes the guest asks for are applied exactly. The VMM creates its own
 /// files (console log, vsock socket) before any virtio-fs device exists.
 pub fn new_passthrough(root_dir: &str) -> io::Result<SharedDirFs> {
-    let fs = PassthroughFs::new(passthrough_config(root_dir))?;
+    let fs: PassthroughFs<()> = PassthroughFs::new(passthrough_config(root_dir))?;
     fs.import()?;
-    Ok(fs)
+    Ok(SharedDir::new(fs))
 }
 
 /// Capabilities the VMM's root never needs for serving a share and that a

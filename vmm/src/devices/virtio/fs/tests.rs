@@ -287,11 +287,15 @@ impl<'a> Rig<'a> {
     }
 
     fn init(&mut self) -> InitOut {
+        self.init_offering(0)
+    }
+
+    fn init_offering(&mut self, flags: u32) -> InitOut {
         let init = InitIn {
             major: 7,
             minor: 31,
             max_readahead: 128 * 1024,
-            flags: 0,
+            flags,
         };
         self.request(Opcode::Init, 0, &[init.as_slice()]).body()
     }
@@ -437,6 +441,33 @@ fn init_handshake() {
     assert_eq!(out.major, 7);
     assert!(out.minor >= 31, "minor {}", out.minor);
     assert!(out.max_write > 0);
+}
+
+#[test]
+fn init_negotiates_large_requests_but_not_writeback() {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let scratch = Scratch::new();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, &scratch.shared());
+    // What Linux's virtiofs offers (the low 32 bits).
+    let offered = (FsOptions::ASYNC_READ
+        | FsOptions::BIG_WRITES
+        | FsOptions::MAX_PAGES
+        | FsOptions::PARALLEL_DIROPS
+        | FsOptions::AUTO_INVAL_DATA
+        | FsOptions::WRITEBACK_CACHE
+        | FsOptions::DO_READDIRPLUS
+        | FsOptions::READDIRPLUS_AUTO)
+        .bits() as u32;
+    let out = rig.init_offering(offered);
+    let got = FsOptions::from_bits_truncate(u64::from(out.flags));
+    assert!(got.contains(FsOptions::BIG_WRITES | FsOptions::MAX_PAGES | FsOptions::ASYNC_READ));
+    assert!(!got.contains(FsOptions::WRITEBACK_CACHE), "{got:?}");
+    assert_eq!(out.max_write, 1 << 20);
+    assert_eq!(out.max_pages, 256);
+    // Nothing is asked of a driver that does not offer it.
+    let out = rig.init_offering(0);
+    assert_eq!(out.flags, 0);
 }
 
 #[test]
