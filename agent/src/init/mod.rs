@@ -74,6 +74,16 @@ pub fn run() -> Result<CmdlineOptions, InitError> {
         .create(RUN_DIR)
         .map_err(InitError::RunDir)?;
     mount(&mounts::SHARED)?;
+    match mounts::set_fuse_readahead(mounts::SHARED.target, mounts::SHARED_READAHEAD_KB) {
+        Ok(true) => debug!(
+            "{}: readahead {} KiB",
+            mounts::SHARED.target,
+            mounts::SHARED_READAHEAD_KB
+        ),
+        Ok(false) => {}
+        // Slower sequential reads, nothing worse.
+        Err(e) => warn!("{}: setting readahead: {e}", mounts::SHARED.target),
+    }
     Ok(opts)
 }
 

@@ -133,6 +133,34 @@ pub const SYS: MountSpec = MountSpec {
     required: true,
 };
 
+/// The shared directory's readahead, in KiB: one full FUSE request (the
+/// VMM negotiates 1 MiB, 256 pages). Linux gives a FUSE mount 128 KiB, so
+/// a sequential read of a container's file costs a round trip to the VMM
+/// (a VM exit and an interrupt) per 128 KiB; measured in the nested test
+/// host, 1 MiB reads three times as fast (12.5 -> 38 MB/s) and larger
+/// windows add little. Readahead only grows on sequential access, so
+/// random reads do not pay for it.
+pub const SHARED_READAHEAD_KB: u32 = 1024;
+
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Sets the readahead of the FUSE (virtio-fs) file system mounted at
+/// `target`, through its backing device's sysfs entry. Does nothing if
+/// what is mounted there is not FUSE (the share was not mounted).
+pub fn set_fuse_readahead(target: &str, kb: u32) -> io::Result<bool> {
+    let fs = nix::sys::statfs::statfs(target)?;
+    if fs.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC {
+        return Ok(false);
+    }
+    let dev = std::fs::metadata(target)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    std::fs::write(
+        format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+        kb.to_string(),
+    )?;
+    Ok(true)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Mounted,
