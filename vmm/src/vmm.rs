@@ -254,6 +254,13 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
         // After the vsock device: exporting a directory sets the process
         // umask to 0 (see `passthrough::new_passthrough`), and the vsock
         // socket is made with the VMM's own umask.
+        match virtio_fs::passthrough::raise_open_file_limit() {
+            Ok(n) if n < virtio_fs::passthrough::OPEN_FILE_LIMIT_WARN => {
+                log::warn!("virtio-fs: can hold only {n} open files; a guest that looks up more gets EMFILE")
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("virtio-fs: cannot raise the open file limit: {e}"),
+        }
         let fs = Arc::new(Mutex::new(VirtioFs::new(f)?));
         // This thread serves virtio-fs and starts the vCPU threads: from
         // here on no VMM thread can create device nodes in the share.

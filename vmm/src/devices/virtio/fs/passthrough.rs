@@ -123,6 +123,56 @@ pub fn new_passthrough(root_dir: &str) -> io::Result<SharedDirFs> {
     Ok(SharedDir::new(fs))
 }
 
+/// How many files the VMM may hold open: every inode the guest has looked
+/// up is an `O_PATH` fd until the guest forgets it (and the guest keeps
+/// what it has cached), plus one per open file. A container image has
+/// thousands of files; at the usual soft limit of 1024 the guest's creates
+/// and lookups start failing with EMFILE after about a thousand, as they
+/// did in the container benchmark. virtiofsd raises its limit the same way.
+pub const OPEN_FILE_LIMIT: u64 = 1 << 20;
+/// Below this the limit is worth a warning: a big image can exhaust it.
+pub const OPEN_FILE_LIMIT_WARN: u64 = 1 << 16;
+
+/// Raises the process's RLIMIT_NOFILE towards [`OPEN_FILE_LIMIT`] (capped
+/// by fs.nr_open): both limits if allowed (root, CAP_SYS_RESOURCE), else
+/// the soft limit to the hard one. Returns the soft limit now in force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(OPEN_FILE_LIMIT);
+    let wanted = OPEN_FILE_LIMIT.min(nr_open).max(lim.rlim_max);
+    if lim.rlim_cur >= wanted {
+        return Ok(lim.rlim_cur);
+    }
+    let both = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: wanted,
+    };
+    // SAFETY: setrlimit reads one rlimit from a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &both) } == 0 {
+        return Ok(wanted);
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above; raising the soft limit to the hard one is always
+    // allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_max)
+}
+
 /// Capabilities the VMM's root never needs for serving a share and that a
 /// guest could turn against the host: creating device nodes in a host
 /// directory (CAP_MKNOD), and setting file capabilities (CAP_SETFCAP).

@@ -444,6 +444,28 @@ fn init_handshake() {
 }
 
 #[test]
+fn the_open_file_limit_is_raised() {
+    let get = || {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit to a valid pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        lim
+    };
+    let before = get();
+    let now = passthrough::raise_open_file_limit().expect("raise");
+    let after = get();
+    assert_eq!(after.rlim_cur, now);
+    assert!(
+        now >= before.rlim_max,
+        "{now} < hard limit {}",
+        before.rlim_max
+    );
+}
+
+#[test]
 fn init_negotiates_large_requests_but_not_writeback() {
     use fuse_backend_rs::abi::fuse_abi::FsOptions;
     let scratch = Scratch::new();
