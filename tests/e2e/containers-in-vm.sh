@@ -200,6 +200,22 @@ t_files() {
     pa rm --force c-live
 }
 
+t_many_files() {
+    local t=many-files-in-the-share
+    # Every inode the guest holds is an open fd in the VMM: more files than
+    # a default open-file limit (1024) must still work.
+    mkdir -p "$ROOTFS_HOST/many"
+    (cd "$ROOTFS_HOST/many" && for i in $(seq 1 1500); do : >"f$i"; done)
+    pa_capture run c-many --rootfs "$ROOTFS" -- sh -c '
+        ls -l /many | wc -l
+        n=0; for f in /many/*; do [ -e "$f" ] && n=$((n+1)); done; echo seen=$n
+        i=0; while [ $i -lt 20 ]; do : > /many/new$i || exit 9; i=$((i+1)); done; echo created'
+    if [ $rc -ne 0 ]; then fail $t "exit $rc: ${out@Q} ${err@Q}"
+    elif ! has "$out" "seen=1500" || ! has "$out" created; then fail $t "${out@Q} ${err@Q}"
+    else pass $t; fi
+    rm -rf "$ROOTFS_HOST/many"
+}
+
 t_oom() {
     local t=oom-kill-is-an-event
     # dd's 64 MiB block is allocated and filled: far over a 16 MiB limit.
@@ -468,7 +484,7 @@ t_interrupted_boot() {
     else pass $t; fi
 }
 
-all="sandbox_run exit_code exec signals files oom pids pause stats tty isolation escape bad_specs seccomp cli_errors stop interrupted_boot"
+all="sandbox_run exit_code exec signals files many_files oom pids pause stats tty isolation escape bad_specs seccomp cli_errors stop interrupted_boot"
 started=$SECONDS
 for name in ${*:-$all}; do
     case " $all " in *" $name "*) ;; *) fail "containers-args" "unknown test $name (tests: $all)"; exit 1 ;; esac
