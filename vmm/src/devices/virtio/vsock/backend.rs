@@ -246,6 +246,11 @@ impl UnixBackend {
             }
             State::Established => {
                 if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                    if hc.conn.guest_closed {
+                        // Both sides are done; the rest cannot be delivered.
+                        self.reset(id);
+                        return;
+                    }
                     // Whatever it sent is still readable; drain it without
                     // polling a socket that will report hang-up for ever.
                     let _ = ctx.remove(hc.conn.stream.as_raw_fd());
@@ -276,8 +281,12 @@ impl UnixBackend {
         }
         if hc.conn.guest_finished_sending() {
             let _ = hc.conn.stream.shutdown(Shutdown::Write);
+            if hc.conn.guest_closed {
+                self.reset(id);
+                return;
+            }
         }
-        if hc.conn.needs_credit_update() {
+        if hc.conn.needs_credit_update() && !hc.conn.guest_closed {
             let hdr = hc.conn.header(OP_CREDIT_UPDATE, 0, 0);
             self.push_control(hdr);
         }
@@ -347,9 +356,22 @@ impl UnixBackend {
             (OP_SHUTDOWN, _)
                 if hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND =>
             {
-                // The guest closed its socket; it waits for our RST.
-                let _ = hc.conn.flush_to_host();
-                self.reset(id);
+                // The guest closed its socket and waits for our RST. What it
+                // sent before is ours to deliver: a host client reading
+                // slower than the guest wrote still gets every byte (the
+                // agent closes a process's output streams as soon as it has
+                // written them), so the RST waits for the last one.
+                if hc.conn.guest_shutdown_send().is_err() {
+                    self.reset(id);
+                } else if hc.conn.guest_finished_sending() {
+                    let _ = hc.conn.stream.shutdown(Shutdown::Write);
+                    self.reset(id);
+                } else if hc.hung_up {
+                    // Nobody left to deliver to.
+                    self.reset(id);
+                } else {
+                    hc.conn.guest_closed = true;
+                }
             }
             (OP_SHUTDOWN, _) => {
                 if hdr.flags & SHUTDOWN_SEND != 0

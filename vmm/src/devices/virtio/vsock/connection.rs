@@ -67,6 +67,9 @@ pub struct Connection<S> {
     recv_cnt: u32,
     /// The guest will send nothing more: shut our write side once flushed.
     guest_done_sending: bool,
+    /// The guest closed its socket (SHUTDOWN of both directions) and waits
+    /// for our RST, which goes once the host has taken what it sent.
+    pub guest_closed: bool,
 
     // Host → guest.
     staging: Vec<u8>,
@@ -93,6 +96,7 @@ impl<S: Read + Write> Connection<S> {
             fwd_cnt_sent: 0,
             recv_cnt: 0,
             guest_done_sending: false,
+            guest_closed: false,
             staging: Vec::new(),
             staging_off: 0,
             peer_buf_alloc: 0,
@@ -214,6 +218,7 @@ impl<S: Read + Write> Connection<S> {
     /// Whether the host stream should be polled for bytes for the guest.
     pub fn wants_host_read(&self) -> bool {
         self.state == State::Established
+            && !self.guest_closed
             && !self.host_eof
             && !self.has_staged()
             && self.peer_credit() > 0

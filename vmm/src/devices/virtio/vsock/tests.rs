@@ -317,6 +317,58 @@ fn host_initiated_connection_carries_data_both_ways() {
 }
 
 #[test]
+fn bytes_buffered_for_a_slow_host_survive_the_guests_close() {
+    let mem = memory();
+    let mut guest = Guest::new(&mem);
+    guest.give_rx_buffers(8);
+    let mut rig = Rig::new(&mem, &guest);
+    let (mut client, host_port) = establish(&mut rig, &mut guest, 1024, false);
+    // Within the 256 KiB credit, but more than the host socket takes while
+    // the client is not reading: the VMM holds the rest.
+    let chunk = vec![5u8; 63 * 1024];
+    for _ in 0..4 {
+        guest.send(
+            guest_hdr(OP_RW, 1024, host_port, chunk.len() as u32),
+            &chunk,
+            false,
+        );
+        rig.notify(1);
+        rig.pump();
+    }
+    // The guest closes its socket (as the agent does once a process's
+    // output is written): both directions shut, waiting for our RST.
+    guest.send(
+        guest_hdr(OP_SHUTDOWN, 1024, host_port, 0).with_flags(SHUTDOWN_RCV | SHUTDOWN_SEND),
+        &[],
+        false,
+    );
+    rig.notify(1);
+    rig.pump();
+    // Only now does the client read: every byte, then end of file.
+    client.set_nonblocking(true).expect("nonblocking");
+    let mut got = 0usize;
+    let mut eof = false;
+    let mut rst = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    rig.pump_until(|| {
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(_) => break,
+            }
+        }
+        rst |= guest.take_rx().iter().any(|(h, _)| h.op == OP_RST);
+        eof && rst
+    });
+    assert_eq!(got, 4 * chunk.len(), "bytes lost at the guest's close");
+    assert_eq!(lock(&rig.vsock).connection_count(), 0);
+}
+
+#[test]
 fn host_hangup_is_a_shutdown_to_the_guest() {
     let mem = memory();
     let mut guest = Guest::new(&mem);
