@@ -105,7 +105,16 @@ fn copy_output(mut stream: UnixStream, which: Output) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(e) => {
+                // A reset stream loses the rest: say so rather than end
+                // as if the output were complete.
+                let name = match which {
+                    Output::Stdout => "stdout",
+                    Output::Stderr => "stderr",
+                };
+                eprintln!("palisade: the process's {name} stream failed ({e}): its output may be incomplete");
+                return;
+            }
         };
         // Unbuffered (stdout's lock is re-taken per chunk, so stdout and
         // stderr interleave as they arrive). If our output is gone (a
