@@ -113,6 +113,13 @@ t_exit_code() {
     elif ! gone c-exit3; then fail $t "the container is still there after run"
     else pass $t; echo "  run (create, start, output, exit, remove) took $((SECONDS - start)) s"; fi
     # A host path in the share works too, and stdin reaches the container.
+    # 512 KiB fit in the buffers between the container and this reader, so
+    # the container ends and the agent closes its output while the reader
+    # still sleeps, the VMM holding the tail: every byte must still arrive.
+    t=large-output-to-a-slow-reader
+    local n; n=$(pa run c-big --rootfs "$ROOTFS" -- dd if=/dev/zero bs=64k count=8 2>/dev/null | { sleep 3; wc -c; })
+    if [ "$n" != $((8 * 65536)) ]; then fail $t "got $n of $((8 * 65536)) bytes"
+    else pass $t; fi
     t=stdin-and-host-path
     out=$(printf 'line1\nline2\n' | pa run c-cat --rootfs "$ROOTFS_HOST" -- sh -c 'wc -l; cat /proc/1/cmdline | tr "\0" " "' 2>"$tmp/err"); rc=$?
     if [ $rc -ne 0 ] || ! has "$out" "2" || ! has "$out" "sh -c"; then fail $t "rc $rc, out ${out@Q}, err $(cat "$tmp/err")"
