@@ -165,7 +165,7 @@ fn run_inner(args: &SandboxRun, global_config: Option<PathBuf>) -> anyhow::Resul
 }
 
 enum Boot {
-    Done(Sandbox, Duration),
+    Done(Box<Sandbox>, Duration),
     Failed(SandboxError),
     Interrupted(Signal),
 }
@@ -185,7 +185,7 @@ fn wait_for_boot(rx: &Receiver<Happened>, dir: &std::path::Path) -> Boot {
         match next {
             Ok(Happened::Booted(result, t)) => {
                 return match (*result, interrupted) {
-                    (Ok(sandbox), None) => Boot::Done(sandbox, t),
+                    (Ok(sandbox), None) => Boot::Done(Box::new(sandbox), t),
                     (Ok(sandbox), Some(s)) => {
                         // Up just as the signal came: it still goes.
                         let _ = sandbox.stop();
