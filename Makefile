@@ -46,3 +46,4 @@ test:
 
 bench: build guest
 	tests/bench/boot-bench
+	tests/bench/container-bench
