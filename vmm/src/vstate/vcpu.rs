@@ -156,7 +156,10 @@ fn run_vcpu(id: u8, mut fd: VcpuFd, shared: &VcpuShared) {
                 return;
             }
             Ok(VcpuExit::InternalError) => {
-                shared.request_stop(VcpuStop::Failed(format!("vcpu{id}: KVM internal error")));
+                let detail = internal_error_detail(&mut fd);
+                shared.request_stop(VcpuStop::Failed(format!(
+                    "vcpu{id}: KVM internal error ({detail})"
+                )));
                 return;
             }
             Ok(other) => {
@@ -174,4 +177,33 @@ fn run_vcpu(id: u8, mut fd: VcpuFd, shared: &VcpuShared) {
             }
         }
     }
+}
+
+/// What KVM says about an internal error, and where the guest was: the
+/// only clues to an instruction KVM could not emulate or an exception it
+/// could not deliver.
+fn internal_error_detail(fd: &mut VcpuFd) -> String {
+    // SAFETY: after an exit with reason KVM_EXIT_INTERNAL_ERROR, the kvm_run
+    // union holds the `internal` member; ndata is clamped to its array.
+    let (suberror, data) = unsafe {
+        let internal = fd.get_kvm_run().__bindgen_anon_1.internal;
+        let n = (internal.ndata as usize).min(internal.data.len());
+        (internal.suberror, internal.data[..n].to_vec())
+    };
+    let kind = match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception during exception delivery",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected exit reason",
+        _ => "unknown suberror",
+    };
+    let rip = fd
+        .get_regs()
+        .map(|r| format!("{:#x}", r.rip))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let data: Vec<String> = data.iter().map(|d| format!("{d:#x}")).collect();
+    format!(
+        "suberror {suberror}: {kind}; guest rip {rip}; data [{}]",
+        data.join(", ")
+    )
 }
