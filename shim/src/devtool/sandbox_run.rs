@@ -20,7 +20,7 @@ use super::signals;
 use super::target::sandbox_dir;
 use crate::check::{check_initrd, check_kernel, check_kvm, HostPaths};
 use crate::config::{self, Config, ConfigLocation};
-use crate::sandbox::{Sandbox, SandboxError, GUEST_SHARED_DIR};
+use crate::sandbox::{diagnostics, Sandbox, SandboxError, GUEST_SHARED_DIR};
 use crate::sandbox_dir;
 
 /// How often an interrupted boot looks for the VMM's pid to stop it.
@@ -150,6 +150,11 @@ fn run_inner(args: &SandboxRun, global_config: Option<PathBuf>) -> anyhow::Resul
             Err(_) => break None,
         }
     };
+    // Read before stop() removes the directory: the console is the only
+    // record of why a guest died.
+    let console = ended_by_itself
+        .as_ref()
+        .and_then(|_| diagnostics::console_tail(&sandbox.console_log()));
     let stopped = sandbox.stop();
     match (ended_by_itself, stopped) {
         (Some(how), stopped) => {
@@ -157,7 +162,10 @@ fn run_inner(args: &SandboxRun, global_config: Option<PathBuf>) -> anyhow::Resul
                 Ok(()) => "its directory is removed".to_owned(),
                 Err(e) => format!("and cleaning up failed: {}", crate::error_chain(&e)),
             };
-            Err(anyhow!("sandbox {id}: {how}; {cleanup}"))
+            let console = console
+                .map(|tail| format!("\nthe guest console's last lines:\n{tail}"))
+                .unwrap_or_default();
+            Err(anyhow!("sandbox {id}: {how}; {cleanup}{console}"))
         }
         (None, Ok(())) => Ok(ExitCode::SUCCESS),
         (None, Err(e)) => Err(anyhow!("stopping sandbox {id}: {}", crate::error_chain(&e))),
