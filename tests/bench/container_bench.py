@@ -108,6 +108,12 @@ dial_timeout_ms = 120000
         return [PALISADE, "agent", "--sandbox", self.id, *words]
 
     def stop(self):
+        if self.proc.poll() is not None:
+            # It ended by itself: its last words say why (the VMM's exit,
+            # the guest console's last lines).
+            err = self.proc.stderr.read().decode(errors="replace")
+            print(f"container-bench: the sandbox ended during the benchmark:\n{err}", file=sys.stderr)
+            return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=60)
