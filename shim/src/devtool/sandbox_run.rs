@@ -224,11 +224,11 @@ fn kill_vmm(dir: &std::path::Path) -> bool {
         return false;
     };
     match text.trim().parse::<i32>() {
+        // Our own child, which its supervisor has not reaped (it reaps
+        // only in the waits the boot is in, and this runs before that boot
+        // returns), so the pid cannot have been reused.
         Ok(pid) if pid > 0 => {
-            // SAFETY: kill(2) on our own child, which its supervisor has
-            // not reaped (it reaps only in the waits the boot is in, and
-            // this runs before that boot returns).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             true
         }
         _ => false,
