@@ -40,6 +40,12 @@ const HYPERVISOR_KEYS: &[&str] = &["kernel", "initrd", "kernel_params", "vcpus",
 const AGENT_KEYS: &[&str] = &["dial_timeout_ms"];
 const RUNTIME_KEYS: &[&str] = &["enable_debug"];
 const SECTIONS: &[&str] = &["hypervisor", "agent", "runtime"];
+/// Each section with its keys, for the hint that a key is in the wrong one.
+const SECTION_KEYS: &[(&str, &[&str])] = &[
+    ("hypervisor", HYPERVISOR_KEYS),
+    ("agent", AGENT_KEYS),
+    ("runtime", RUNTIME_KEYS),
+];
 
 /// The validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,21 +314,38 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn parse_hypervisor(
+/// Walks one section's `key = value` entries: `set` stores a known key's
+/// value and returns false for a key it does not know, which is refused
+/// with the section's keys named.
+fn parse_section(
     ctx: &Ctx<'_>,
     entries: Entries,
-    out: &mut HypervisorConfig,
+    section: &'static str,
+    keys: &[&str],
+    mut set: impl FnMut(&str, Field<'_>) -> Result<bool, ConfigError>,
 ) -> Result<(), ConfigError> {
-    const SECTION: &str = "hypervisor";
     for (key, value) in entries.0 {
         let line = ctx.line(&key);
         let field = Field {
             ctx,
             line,
-            section: SECTION,
+            section,
             value: &value,
         };
-        match key.get_ref().as_str() {
+        if !set(key.get_ref().as_str(), field)? {
+            return Err(ctx.unknown_key(line, format!("{section}.{}", key.into_inner()), keys));
+        }
+    }
+    Ok(())
+}
+
+fn parse_hypervisor(
+    ctx: &Ctx<'_>,
+    entries: Entries,
+    out: &mut HypervisorConfig,
+) -> Result<(), ConfigError> {
+    parse_section(ctx, entries, "hypervisor", HYPERVISOR_KEYS, |key, field| {
+        match key {
             "kernel" => out.kernel = field.named("kernel").absolute_path()?,
             "initrd" => out.initrd = field.named("initrd").absolute_path()?,
             "kernel_params" => out.kernel_params = field.named("kernel_params").kernel_params()?,
@@ -334,29 +357,15 @@ fn parse_hypervisor(
                 let n = field.named("memory_mib").integer_in(MEMORY_MIB_RANGE)?;
                 out.memory_mib = u32::try_from(n).expect("range checked against MEMORY_MIB_RANGE");
             }
-            _ => {
-                return Err(ctx.unknown_key(
-                    line,
-                    format!("{SECTION}.{}", key.into_inner()),
-                    HYPERVISOR_KEYS,
-                ))
-            }
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn parse_agent(ctx: &Ctx<'_>, entries: Entries, out: &mut AgentConfig) -> Result<(), ConfigError> {
-    const SECTION: &str = "agent";
-    for (key, value) in entries.0 {
-        let line = ctx.line(&key);
-        let field = Field {
-            ctx,
-            line,
-            section: SECTION,
-            value: &value,
-        };
-        match key.get_ref().as_str() {
+    parse_section(ctx, entries, "agent", AGENT_KEYS, |key, field| {
+        match key {
             "dial_timeout_ms" => {
                 let n = field
                     .named("dial_timeout_ms")
@@ -364,16 +373,10 @@ fn parse_agent(ctx: &Ctx<'_>, entries: Entries, out: &mut AgentConfig) -> Result
                 out.dial_timeout_ms =
                     u64::try_from(n).expect("range checked against DIAL_TIMEOUT_MS_RANGE");
             }
-            _ => {
-                return Err(ctx.unknown_key(
-                    line,
-                    format!("{SECTION}.{}", key.into_inner()),
-                    AGENT_KEYS,
-                ))
-            }
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 fn parse_runtime(
@@ -381,27 +384,13 @@ fn parse_runtime(
     entries: Entries,
     out: &mut RuntimeConfig,
 ) -> Result<(), ConfigError> {
-    const SECTION: &str = "runtime";
-    for (key, value) in entries.0 {
-        let line = ctx.line(&key);
-        let field = Field {
-            ctx,
-            line,
-            section: SECTION,
-            value: &value,
-        };
-        match key.get_ref().as_str() {
+    parse_section(ctx, entries, "runtime", RUNTIME_KEYS, |key, field| {
+        match key {
             "enable_debug" => out.enable_debug = field.named("enable_debug").boolean()?,
-            _ => {
-                return Err(ctx.unknown_key(
-                    line,
-                    format!("{SECTION}.{}", key.into_inner()),
-                    RUNTIME_KEYS,
-                ))
-            }
+            _ => return Ok(false),
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 /// The text being parsed, for turning byte offsets into line numbers.
@@ -419,12 +408,11 @@ impl Ctx<'_> {
         let leaf = key.rsplit('.').next().unwrap_or(&key);
         let hint = if let Some(close) = closest(leaf, expected) {
             format!("; did you mean `{close}`?")
-        } else if !key.contains('.') && HYPERVISOR_KEYS.contains(&leaf) {
-            format!("; `{leaf}` belongs in the [hypervisor] section")
-        } else if !key.contains('.') && AGENT_KEYS.contains(&leaf) {
-            format!("; `{leaf}` belongs in the [agent] section")
-        } else if !key.contains('.') && RUNTIME_KEYS.contains(&leaf) {
-            format!("; `{leaf}` belongs in the [runtime] section")
+        } else if let Some((section, _)) = SECTION_KEYS
+            .iter()
+            .find(|(_, keys)| !key.contains('.') && keys.contains(&leaf))
+        {
+            format!("; `{leaf}` belongs in the [{section}] section")
         } else {
             String::new()
         };
@@ -819,6 +807,10 @@ mod tests {
         let msg = parse_err("vcpus = 2\n");
         assert!(msg.contains("unknown key `vcpus`"), "{msg}");
         assert!(msg.contains("belongs in the [hypervisor] section"), "{msg}");
+        let msg = parse_err("dial_timeout_ms = 900\n");
+        assert!(msg.contains("belongs in the [agent] section"), "{msg}");
+        let msg = parse_err("enable_debug = true\n");
+        assert!(msg.contains("belongs in the [runtime] section"), "{msg}");
     }
 
     #[test]
