@@ -60,7 +60,7 @@ mount -t tmpfs run /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 for c in \$(cat /sys/fs/cgroup/cgroup.controllers); do echo "+\$c" >/sys/fs/cgroup/cgroup.subtree_control; done
 echo "in-guest: kernel \$(uname -r), root \$(awk '\$5 == "/" {print \$9; exit}' /proc/self/mountinfo), cgroup2 controllers: \$(cat /sys/fs/cgroup/cgroup.subtree_control)"
-PALISADE_TEST_CGROUP_ROOT=/sys/fs/cgroup /containers-test --test-threads=1 $filter 2>&1
+PALISADE_TEST_CGROUP_ROOT=/sys/fs/cgroup /containers-test --test-threads=1 --include-ignored $filter 2>&1
 echo "in-guest: tests exited \$?"
 reboot -f
 EOF
