@@ -15,6 +15,23 @@ const CONSOLE_LOG: &str = "console.log";
 /// Exported to the guest over virtio-fs.
 const SHARED_DIR: &str = "shared";
 
+/// Longest sandbox id used as a directory name as it is: its socket paths
+/// (`/run/palisade/<id>/vsock.sock_<port>`) must fit a unix socket
+/// address, with room.
+pub const MAX_PLAIN_ID: usize = 64;
+
+/// Whether `id` can name its directory under [`SANDBOX_ROOT`] as it is:
+/// 1 to [`MAX_PLAIN_ID`] letters, digits, `.`, `_` or `-`, not starting
+/// with `.` (no `..`, no hidden directory).
+pub fn is_plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_PLAIN_ID
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// The VMM's hybrid vsock socket in sandbox directory `dir`.
 pub fn vsock_socket(dir: &Path) -> PathBuf {
     dir.join(VSOCK_SOCKET)

@@ -3,6 +3,8 @@
 //! Each returns a message that names what is wrong and what to write
 //! instead; the argument parser adds the option's name.
 
+use crate::sandbox_dir::{self, MAX_PLAIN_ID};
+
 /// Multipliers of the size suffixes: binary, as cgroup limits are usually
 /// thought of (`64M` is 64 MiB, as with `docker run -m 64m`).
 const SIZE_SUFFIXES: [(&str, u64); 4] = [
@@ -164,24 +166,14 @@ pub fn parse_env(text: &str) -> Result<String, String> {
     }
 }
 
-/// Longest sandbox id: its state directory's socket paths must fit a unix
-/// socket address (`/run/palisade/<id>/vsock.sock_<port>`), with room.
-pub const MAX_SANDBOX_ID: usize = 64;
-
-/// A sandbox id names a directory under /run/palisade: letters, digits,
-/// `.`, `_`, `-`, not starting with `.` (no `..`, no hidden directory).
+/// A sandbox id names its directory under /run/palisade as it is (the
+/// shim's rule for plain ids), so the CLI finds the directory by the id.
 pub fn parse_sandbox_id(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= MAX_SANDBOX_ID
-        && !text.starts_with('.')
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if sandbox_dir::is_plain_id(text) {
         Ok(text.to_owned())
     } else {
         Err(format!(
-            "{text:?} is not a usable sandbox id: use 1-{MAX_SANDBOX_ID} letters, digits, '.', '_' or '-', not starting with '.'"
+            "{text:?} is not a usable sandbox id: use 1-{MAX_PLAIN_ID} letters, digits, '.', '_' or '-', not starting with '.'"
         ))
     }
 }

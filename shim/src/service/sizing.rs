@@ -11,12 +11,9 @@ use serde_json::Value;
 
 use super::spec::{self, SpecError, SANDBOX_CPU_PERIOD, SANDBOX_CPU_QUOTA, SANDBOX_MEMORY};
 use crate::config::{Config, MEMORY_MIB_RANGE, VCPUS_RANGE};
-use crate::sandbox_dir::SANDBOX_ROOT;
+use crate::sandbox_dir::{self, SANDBOX_ROOT};
 
 const MIB: u64 = 1 << 20;
-/// Longest sandbox id used as a directory name as it is; longer ones (and
-/// ones with unusual characters) are hashed, so socket paths stay short.
-const MAX_PLAIN_ID: usize = 64;
 
 /// The configuration the pod's VM boots with.
 pub fn size_vm(base: &Config, spec: &Value, debug: bool) -> Result<Config, SpecError> {
@@ -54,13 +51,7 @@ pub fn size_vm(base: &Config, spec: &Value, debug: bool) -> Result<Config, SpecE
 /// `/run/palisade/<sandbox id>`, or a hash of the id when it is too long
 /// or unusual to be a short, safe directory name.
 pub fn sandbox_dir(sandbox_id: &str) -> PathBuf {
-    let plain = !sandbox_id.is_empty()
-        && sandbox_id.len() <= MAX_PLAIN_ID
-        && !sandbox_id.starts_with('.')
-        && sandbox_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    let name = if plain {
+    let name = if sandbox_dir::is_plain_id(sandbox_id) {
         sandbox_id.to_owned()
     } else {
         format!("h-{}", short_hash(sandbox_id))
