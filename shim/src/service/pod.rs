@@ -396,6 +396,11 @@ impl Pod {
         let sandbox_id = spec::sandbox_id(host_spec, &req.id);
         let sized = sizing::size_vm(&config, host_spec, self.debug)
             .map_err(|e| TaskError::invalid(crate::error_chain(&e)))?;
+        if sized.runtime.enable_debug && log::max_level() < log::LevelFilter::Debug {
+            // `[runtime] enable_debug` is the shim's debug log too, not
+            // only the guest's: this shim serves this one pod.
+            log::set_max_level(log::LevelFilter::Debug);
+        }
         let dir = sizing::sandbox_dir(&sandbox_id);
         log::info!(
             "pod {sandbox_id}: booting a VM with {} vCPUs and {} MiB in {}",
