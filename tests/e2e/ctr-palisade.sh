@@ -123,6 +123,41 @@ t_vmm_kill_ends_tasks() {
     note "ctr run exited $rc when the VMM was killed"
 }
 
+# The VMM dies while containerd's Start is in flight: ctr run fails, the
+# task is stopped at once (containerd's client refuses to delete a task
+# still "created", and the pod's shim would wait for that delete for
+# ever), and the shim exits leaving nothing (the leftover check after
+# every test). ctr is frozen while the VM boots, so its Start waits until
+# the task is created and the VMM frozen in turn; the VMM is killed while
+# that Start waits for the guest. With enable_debug the shim logs at debug.
+t_vmm_dies_during_start() {
+    local id cfg vmm ctr_pid fg rc
+    id=$(tid 1)
+    cfg=$E2E_TMP/config-debug.toml
+    write_test_config "$cfg" quiet 1
+    printf '\n[runtime]\nenable_debug = true\n' >>"$cfg"
+    timeout -k 5 "$CT" $CTR run --runtime "$RUNTIME" --runtime-config-path "$cfg" --fifo-dir "$FIFO" \
+        --rm "$BUSYBOX_IMAGE" "$id" sleep 1000 >"$E2E_TMP/$TEST.fg" 2>&1 &
+    fg=$!
+    _has_vmm() { [ -n "$(our_vmm_pids)" ]; }
+    wait_until "$CT" _has_vmm || bad "no VMM started for $id: $(tail -n 2 "$E2E_TMP/$TEST.fg")"
+    ctr_pid=$(pgrep -P "$fg" -x ctr) || bad "ctr run is not running under its timeout"
+    kill -STOP "$ctr_pid"
+    wait_until "$CT" _status_is "$id" CREATED || bad "the task is '$(task_status "$id")', not created"
+    vmm=$(our_vmm_pids)
+    kill -STOP "$vmm"
+    kill -CONT "$ctr_pid"
+    # Start reaches the shim and waits for the frozen guest.
+    sleep 2
+    kill -KILL "$vmm"
+    wait "$fg"; rc=$?
+    [ $rc -ne 0 ] || bad "ctr run of a container whose VM was killed exited 0"
+    grep -q "could not start the container" "$E2E_TMP/$TEST.fg" ||
+        bad "ctr run did not fail in Start: $(tail -n 2 "$E2E_TMP/$TEST.fg")"
+    grep -aq "container $id: built in the guest" "$CTD_LOG" ||
+        bad "no debug log from the shim with enable_debug = true"
+}
+
 # The runtime's configuration file (ctr --runtime-config-path, CRI
 # ConfigPath) is honoured: two vCPUs and 384 MiB instead of the defaults.
 t_config_path() {
@@ -157,7 +192,7 @@ t_create_delete_cycles() {
     note "$n create/run/delete cycles in $((SECONDS - t0))s"
 }
 
-all_tests="guest-kernel pod-shares-vm vmm-kill-ends-tasks config-path create-delete-cycles"
+all_tests="guest-kernel pod-shares-vm vmm-kill-ends-tasks vmm-dies-during-start config-path create-delete-cycles"
 ctr_suite_select "$@" -- $all_tests
 [ "$RUNTIME" = io.containerd.palisade.v2 ] ||
     echo "NOTE: a dry run with RUNTIME=$RUNTIME: the palisade checks are expected to fail"
