@@ -19,6 +19,7 @@ use crate::agent_client::{self, AgentClient, AgentError, DialOptions};
 use crate::config::Config;
 use crate::sandbox_dir::{SandboxDir, SandboxDirError};
 use crate::vmm_process::{describe_status, VmmProcess, VmmProcessError};
+use palisade_vmm::VmExit;
 
 /// Where the guest mounts the shared directory (the agent does, at boot).
 pub const GUEST_SHARED_DIR: &str = "/run/palisade/shared";
@@ -265,7 +266,12 @@ fn spawn_monitored(
                 let mut vmm = lock(&vmm);
                 let pid = vmm.pid();
                 let status = match vmm.wait_exit(KILL_GRACE) {
-                    Ok(Some(t)) => describe_status(t.status),
+                    Ok(Some(t)) => match t.exit {
+                        // Exit code 0 alone reads like success: a guest
+                        // that resets itself has crashed or shut down.
+                        Some(VmExit::GuestReset) => "the guest reset the machine".to_owned(),
+                        _ => describe_status(t.status),
+                    },
                     _ => "stopped answering".to_owned(),
                 };
                 let stderr = vmm.stderr_last_line();

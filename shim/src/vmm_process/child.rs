@@ -33,6 +33,7 @@ pub fn run(started_ns: u64, args: &[OsString]) -> ExitCode {
         mono_ns: started_ns,
     });
     set_process_name();
+    install_logger();
 
     let config = match args::parse(args) {
         Ok(config) => config,
@@ -66,6 +67,86 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The VMM's warnings (a triple fault, a malformed guest packet) go to
+/// stderr, whose tail the parent keeps and shows when the VMM ends. A
+/// hostile guest can provoke them at will, so at most [`LOG_BURST`] lines a
+/// second are written; the rest are counted and the count reported.
+struct StderrLogger {
+    window: std::sync::Mutex<LogWindow>,
+}
+
+#[derive(Default)]
+struct LogWindow {
+    second: u64,
+    written: u32,
+    suppressed: u64,
+}
+
+const LOG_BURST: u32 = 10;
+
+impl LogWindow {
+    /// Whether a line logged in `second` is written, and the count of lines
+    /// suppressed in the window it closes, if any.
+    fn admit(&mut self, second: u64) -> (Option<u64>, bool) {
+        let mut closed = None;
+        if self.second != second {
+            closed = Some(self.suppressed).filter(|&n| n > 0);
+            *self = LogWindow {
+                second,
+                ..LogWindow::default()
+            };
+        }
+        if self.written >= LOG_BURST {
+            self.suppressed += 1;
+            return (closed, false);
+        }
+        self.written += 1;
+        (closed, true)
+    }
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let second = palisade_vmm::monotonic_ns() / 1_000_000_000;
+        let (suppressed, admitted) = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(second);
+        if let Some(n) = suppressed {
+            eprintln!("palisade-vmm: warn: {n} more log lines suppressed");
+        }
+        if !admitted {
+            return;
+        }
+        let level = record.level().as_str().to_ascii_lowercase();
+        eprintln!("palisade-vmm: {level}: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+fn install_logger() {
+    static LOGGER: StderrLogger = StderrLogger {
+        window: std::sync::Mutex::new(LogWindow {
+            second: 0,
+            written: 0,
+            suppressed: 0,
+        }),
+    };
+    // Fails only if a logger is installed already; then that one serves.
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
 fn set_process_name() {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
     // from the pointer, which PROCESS_NAME is.
@@ -78,4 +159,21 @@ fn set_process_name() {
             0,
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_limited_per_second_and_the_rest_counted() {
+        let mut w = LogWindow::default();
+        for _ in 0..LOG_BURST {
+            assert_eq!(w.admit(7), (None, true));
+        }
+        assert_eq!(w.admit(7), (None, false));
+        assert_eq!(w.admit(7), (None, false));
+        assert_eq!(w.admit(8), (Some(2), true));
+        assert_eq!(w.admit(9), (None, true));
+    }
 }

@@ -133,8 +133,13 @@ fn run_vcpu(id: u8, mut fd: VcpuFd, shared: &VcpuShared) {
                 shared.mmio.write(addr, data);
             }
             Ok(VcpuExit::Shutdown) => {
-                // A triple fault: on a PC this resets the machine.
-                log::warn!("vcpu{id}: guest triple-faulted; treating it as a reset");
+                // A triple fault: on a PC this resets the machine. A Linux
+                // guest never does it on purpose (it panics and reboots
+                // through the i8042), so say where it was: the only clue.
+                // (On AMD, KVM has reset the vCPU before this exit, so the
+                // state there is the reset vector, rip 0xfff0.)
+                let detail = cpu_state_detail(&fd);
+                log::warn!("vcpu{id}: guest triple-faulted ({detail}); treating it as a reset");
                 shared.request_stop(VcpuStop::GuestReset);
                 return;
             }
@@ -177,6 +182,31 @@ fn run_vcpu(id: u8, mut fd: VcpuFd, shared: &VcpuShared) {
             }
         }
     }
+}
+
+/// Where the vCPU was and in which mode: rip, rsp, the control registers
+/// and the pending exception, for a guest that crashed without a word.
+fn cpu_state_detail(fd: &VcpuFd) -> String {
+    let regs = match fd.get_regs() {
+        Ok(r) => format!("rip {:#x} rsp {:#x} rflags {:#x}", r.rip, r.rsp, r.rflags),
+        Err(e) => format!("registers unknown ({e})"),
+    };
+    let sregs = match fd.get_sregs() {
+        Ok(s) => format!(
+            "cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+            s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        ),
+        Err(e) => format!("control registers unknown ({e})"),
+    };
+    let exception = match fd.get_vcpu_events() {
+        Ok(ev) if ev.exception.injected != 0 || ev.exception.pending != 0 => format!(
+            "exception {} error code {:#x}",
+            ev.exception.nr, ev.exception.error_code
+        ),
+        Ok(_) => "no exception pending".to_owned(),
+        Err(e) => format!("events unknown ({e})"),
+    };
+    format!("{regs}; {sregs}; {exception}")
 }
 
 /// What KVM says about an internal error, and where the guest was: the
