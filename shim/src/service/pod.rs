@@ -838,6 +838,9 @@ impl Pod {
                 code: 0,
                 at: now(),
             });
+            // A never-started exec has no exit; a Wait on it gets this one
+            // rather than blocking forever (and with it the shim's exit).
+            p.cell.set(status.clone());
             c.execs.remove(exec_id);
             return Ok(status);
         }
@@ -944,8 +947,12 @@ impl Pod {
 
     /// containerd's Shutdown: the shim exits once its pod is empty.
     pub fn shutdown(&self) {
-        if self.lock().containers.is_empty() {
+        let state = self.lock();
+        if state.containers.is_empty() {
             self.exit.signal();
+        } else {
+            let ids: Vec<&String> = state.containers.keys().collect();
+            log::debug!("shutdown: staying up for containers {ids:?}");
         }
     }
 

@@ -58,6 +58,27 @@ fn json_payload(any: &MessageField<Any>, want: &str, what: &str) -> Result<Vec<u
     Ok(any.value.clone())
 }
 
+/// Runs one lifecycle RPC, logging it (debug) and its failure (warn): with
+/// `enable_debug`, containerd's log then shows what it asked the shim and
+/// what it got back, which is how a pod that does not go away is explained.
+fn traced<T>(
+    method: &str,
+    id: &str,
+    exec_id: &str,
+    call: impl FnOnce() -> Result<T, TaskError>,
+) -> Reply<T> {
+    let exec = if exec_id.is_empty() {
+        String::new()
+    } else {
+        format!(" exec {exec_id}")
+    };
+    log::debug!("{method} {id}{exec}");
+    call().map_err(|e| {
+        log::warn!("{method} {id}{exec} failed: {e}");
+        e.into()
+    })
+}
+
 fn timestamp(
     at: &containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp,
 ) -> MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp> {
@@ -93,9 +114,7 @@ impl Task for TaskService {
             config_path,
             rootfs_messages: req.rootfs.clone(),
         };
-        let pid = self.pod.create(request).inspect_err(|e| {
-            log::error!("create {}: {e}", req.id);
-        })?;
+        let pid = traced("create", &req.id, "", || self.pod.create(request))?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -103,7 +122,9 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> Reply<StartResponse> {
-        let pid = self.pod.start(&req.id, &req.exec_id)?;
+        let pid = traced("start", &req.id, &req.exec_id, || {
+            self.pod.start(&req.id, &req.exec_id)
+        })?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -118,7 +139,9 @@ impl Task for TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        self.pod.exec(&req.id, &req.exec_id, spec, stdio)?;
+        traced("exec", &req.id, &req.exec_id, || {
+            self.pod.exec(&req.id, &req.exec_id, spec, stdio)
+        })?;
         Ok(Empty::new())
     }
 
@@ -159,13 +182,15 @@ impl Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> Reply<Empty> {
-        self.pod.kill(&req.id, &req.exec_id, req.signal, req.all)?;
+        traced("kill", &req.id, &req.exec_id, || {
+            self.pod.kill(&req.id, &req.exec_id, req.signal, req.all)
+        })?;
         Ok(Empty::new())
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> Reply<DeleteResponse> {
-        let exit = self.pod.delete(&req.id, &req.exec_id).inspect_err(|e| {
-            log::error!("delete {} {}: {e}", req.id, req.exec_id);
+        let exit = traced("delete", &req.id, &req.exec_id, || {
+            self.pod.delete(&req.id, &req.exec_id)
         })?;
         Ok(DeleteResponse {
             pid: exit.pid,
@@ -253,6 +278,7 @@ impl Task for TaskService {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> Reply<Empty> {
+        log::debug!("shutdown");
         self.pod.shutdown();
         Ok(Empty::new())
     }
