@@ -156,6 +156,31 @@ t_vmm_dies_during_start() {
         bad "ctr run did not fail in Start: $(tail -n 2 "$E2E_TMP/$TEST.fg")"
     grep -aq "container $id: built in the guest" "$CTD_LOG" ||
         bad "no debug log from the shim with enable_debug = true"
+
+    # Unfrozen: the VMM dies the moment the container is built, so Start
+    # fails while the monitor has not yet seen the VM go. The task must
+    # still be stopped at once: ctr refuses to delete a "created" task with
+    # a pid, and would leave it (and the pod's shim) behind. Twice: the
+    # kill can also land just after Start.
+    local round
+    for round in 2 3; do
+        id=$(tid $round)
+        timeout -k 5 "$CT" $CTR run --runtime "$RUNTIME" --runtime-config-path "$cfg" --fifo-dir "$FIFO" \
+            --rm "$BUSYBOX_IMAGE" "$id" sleep 1000 >"$E2E_TMP/$TEST.fg" 2>&1 &
+        fg=$!
+        # Polled every 10 ms: Start follows the build within about 50 ms.
+        local end=$((SECONDS + CT))
+        until grep -aq "container $id: built in the guest" "$CTD_LOG"; do
+            [ $SECONDS -lt $end ] || bad "container $id was not built within ${CT}s: $(tail -n 2 "$E2E_TMP/$TEST.fg")"
+            sleep 0.01
+        done
+        vmm=$(our_vmm_pids)
+        kill -KILL $vmm
+        wait "$fg"; rc=$?
+        [ $rc -ne 0 ] || bad "ctr run of a container whose VM was killed exited 0"
+        [ -z "$(task_status "$id")" ] ||
+            bad "ctr run --rm left task $id behind ('$(task_status "$id")'): $(tail -n 2 "$E2E_TMP/$TEST.fg")"
+    done
 }
 
 # The runtime's configuration file (ctr --runtime-config-path, CRI

@@ -471,22 +471,36 @@ impl Pod {
             (p.exec_spec.clone(), p.stdio.clone())
         };
         let agent = sandbox.agent();
+        // Errors come with whether the connection to the guest was lost.
         let outcome = match &spec {
-            None => agent
-                .start_container(id)
-                .map(|()| None)
-                .map_err(|e| TaskError::from_agent("the guest could not start the container", &e)),
+            None => agent.start_container(id).map(|()| None).map_err(|e| {
+                let lost = e.is_disconnect();
+                (
+                    TaskError::from_agent("the guest could not start the container", &e),
+                    lost,
+                )
+            }),
             Some(spec) => agent
                 .exec_process(id, exec_id, spec.clone(), stdio.wanted())
                 .map_err(|e| {
-                    TaskError::from_agent("the guest could not start the exec process", &e)
+                    let lost = e.is_disconnect();
+                    (
+                        TaskError::from_agent("the guest could not start the exec process", &e),
+                        lost,
+                    )
                 })
                 .and_then(|started| {
                     Bridge::connect(agent, &stdio, started.ports)
                         .map(|bridge| Some((started.pid, bridge)))
                         .map_err(|e| {
                             let _ = agent.signal_process(id, exec_id, libc::SIGKILL as u32, false);
-                            TaskError::from_error("cannot connect the exec process's stdio", &e)
+                            (
+                                TaskError::from_error(
+                                    "cannot connect the exec process's stdio",
+                                    &e,
+                                ),
+                                false,
+                            )
                         })
                 }),
         };
@@ -496,8 +510,23 @@ impl Pod {
         let p = c.process_mut(exec_id)?;
         let started = match outcome {
             Ok(s) => s,
-            Err(e) => {
+            Err((e, lost_the_vm)) => {
                 p.start = Start::NotStarted;
+                if lost_the_vm && p.exit.is_none() {
+                    // The VM is gone; the monitor notices a moment later
+                    // (vm_died). Stop the process now: containerd's client
+                    // refuses to delete a task still "created" with a pid,
+                    // so `ctr run` would give up on it and leave the task,
+                    // and with it the pod's shim, behind.
+                    let exit = ExitStatus {
+                        pid: p.pid,
+                        code: UNKNOWN_EXIT_STATUS,
+                        at: now(),
+                    };
+                    p.exit = Some(exit.clone());
+                    p.cell.set(exit.clone());
+                    self.publish_exit(id, exec_id, &exit);
+                }
                 return Err(e);
             }
         };
