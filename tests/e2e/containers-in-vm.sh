@@ -93,7 +93,12 @@ t_sandbox_run() {
     vmm=$(json_field vmm_pid <<<"$line")
     state=$(json_field state_dir <<<"$line")
     if [ -z "$line" ]; then
-        fail $t "no JSON line: $(cat "$tmp/sandbox.err")"; exit 1
+        local why="it exited"
+        kill -0 "$sb_pid" 2>/dev/null && why="still booting after 240 s"
+        fail $t "no JSON line ($why): $(cat "$tmp/sandbox.err")"
+        tail -5 "/run/palisade/$SB/console.log" 2>/dev/null | sed 's/^/  console: /'
+        kvm_kernel_notes
+        exit 1
     elif [ "$state" != "/run/palisade/$SB" ] || [ "$SHARE" != "$state/shared" ] || [ ! -d "$SHARE" ]; then
         fail $t "unexpected dirs in $line"; exit 1
     elif ! kill -0 "$vmm" 2>/dev/null || [ ! -S "$(json_field vsock_socket <<<"$line")" ]; then
@@ -512,6 +517,7 @@ for name in ${*:-$all}; do
     if [ -n "$sb_pid" ] && ! kill -0 "$sb_pid" 2>/dev/null; then
         wait "$sb_pid" 2>/dev/null
         fail sandbox-alive "the sandbox died during $name: $(cat "$tmp/sandbox.err")"
+        kvm_kernel_notes
         sb_pid=
     fi
 done

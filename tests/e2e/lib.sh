@@ -34,3 +34,9 @@ leftovers() {
 json_field() {
     sed -n "s/.*\"$1\":\(\"\([^\"]*\)\"\|\([-0-9.e+]*\)\).*/\2\3/p" | head -1
 }
+
+# The kernel's recent complaints about KVM, for a guest that died or hung:
+# in the nested test host these are the emulated host's side of the story.
+kvm_kernel_notes() {
+    dmesg 2>/dev/null | grep -iE 'kvm|svm|bug|oops|rcu|hung|watchdog' | tail -8 | sed 's/^/  kernel: /'
+}
