@@ -18,8 +18,7 @@ use std::time::Duration;
 use crate::agent_client::{self, AgentClient, AgentError, DialOptions};
 use crate::config::Config;
 use crate::sandbox_dir::{SandboxDir, SandboxDirError};
-use crate::vmm_process::{describe_status, VmmProcess, VmmProcessError};
-use palisade_vmm::VmExit;
+use crate::vmm_process::{VmmProcess, VmmProcessError};
 
 /// Where the guest mounts the shared directory (the agent does, at boot).
 pub const GUEST_SHARED_DIR: &str = "/run/palisade/shared";
@@ -266,12 +265,7 @@ fn spawn_monitored(
                 let mut vmm = lock(&vmm);
                 let pid = vmm.pid();
                 let status = match vmm.wait_exit(KILL_GRACE) {
-                    Ok(Some(t)) => match t.exit {
-                        // Exit code 0 alone reads like success: a guest
-                        // that resets itself has crashed or shut down.
-                        Some(VmExit::GuestReset) => "the guest reset the machine".to_owned(),
-                        _ => describe_status(t.status),
-                    },
+                    Ok(Some(t)) => t.describe(),
                     _ => "stopped answering".to_owned(),
                 };
                 let stderr = vmm.stderr_last_line();

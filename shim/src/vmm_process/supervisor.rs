@@ -97,6 +97,18 @@ pub struct VmmTermination {
     pub exit: Option<VmExit>,
 }
 
+impl VmmTermination {
+    /// "exit code 1", "killed by SIGKILL", or, for a VMM that exited
+    /// because its guest reset the machine, that: exit code 0 alone reads
+    /// like success, and a guest that resets itself crashed or shut down.
+    pub fn describe(&self) -> String {
+        match self.exit {
+            Some(VmExit::GuestReset) => "the guest reset the machine".to_owned(),
+            _ => describe_status(self.status),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmmProcessError {
     #[error("cannot start the VMM process ({} {VMM_SUBCOMMAND})", .program.display())]
@@ -399,7 +411,7 @@ impl VmmProcess {
     /// exit status and last stderr line when they can be had quickly.
     pub fn ended_error(&mut self, what: &str) -> VmmProcessError {
         let status = match self.wait_exit(STDERR_SETTLE) {
-            Ok(Some(termination)) => describe_status(termination.status),
+            Ok(Some(termination)) => termination.describe(),
             Ok(None) => "closed its output but is still running".to_owned(),
             Err(e) => format!("status unknown ({e})"),
         };
@@ -795,6 +807,26 @@ mod tests {
                 .contains("cannot create the shared directory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_guest_reset_is_described_as_such_not_as_exit_code_0() {
+        use std::os::unix::process::ExitStatusExt;
+        let reset = VmmTermination {
+            status: ExitStatus::from_raw(0),
+            exit: Some(VmExit::GuestReset),
+        };
+        assert_eq!(reset.describe(), "the guest reset the machine");
+        let failed = VmmTermination {
+            status: ExitStatus::from_raw(1 << 8),
+            exit: None,
+        };
+        assert_eq!(failed.describe(), "exit code 1");
+        let killed = VmmTermination {
+            status: ExitStatus::from_raw(libc::SIGKILL),
+            exit: None,
+        };
+        assert_eq!(killed.describe(), "killed by SIGKILL");
     }
 
     #[test]
