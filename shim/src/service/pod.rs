@@ -31,6 +31,7 @@ use super::sizing;
 use super::spec::{self, GuestSpec};
 use super::stdio::{Bridge, StdioPaths};
 use crate::agent_client::containers::{AgentEvent, Exit};
+use crate::agent_client::AgentError;
 use crate::config::{self, Config, ConfigLocation};
 use crate::mount::MountSource;
 use crate::sandbox::{Sandbox, GUEST_SHARED_DIR};
@@ -472,23 +473,16 @@ impl Pod {
         };
         let agent = sandbox.agent();
         // Errors come with whether the connection to the guest was lost.
+        let refused =
+            |what: &str, e: AgentError| (TaskError::from_agent(what, &e), e.is_disconnect());
         let outcome = match &spec {
-            None => agent.start_container(id).map(|()| None).map_err(|e| {
-                let lost = e.is_disconnect();
-                (
-                    TaskError::from_agent("the guest could not start the container", &e),
-                    lost,
-                )
-            }),
+            None => agent
+                .start_container(id)
+                .map(|()| None)
+                .map_err(|e| refused("the guest could not start the container", e)),
             Some(spec) => agent
                 .exec_process(id, exec_id, spec.clone(), stdio.wanted())
-                .map_err(|e| {
-                    let lost = e.is_disconnect();
-                    (
-                        TaskError::from_agent("the guest could not start the exec process", &e),
-                        lost,
-                    )
-                })
+                .map_err(|e| refused("the guest could not start the exec process", e))
                 .and_then(|started| {
                     Bridge::connect(agent, &stdio, started.ports)
                         .map(|bridge| Some((started.pid, bridge)))
