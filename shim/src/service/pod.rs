@@ -149,6 +149,20 @@ impl Process {
         self.start == Start::Started && self.exit.is_none()
     }
 
+    /// Records that the process went down with its VM, status unknown,
+    /// and releases its waiters; returns the exit to publish.
+    fn end_with_vm(&mut self) -> ExitStatus {
+        let exit = ExitStatus {
+            pid: self.pid,
+            code: UNKNOWN_EXIT_STATUS,
+            at: now(),
+        };
+        self.exit = Some(exit.clone());
+        self.exiting = false;
+        self.cell.set(exit.clone());
+        exit
+    }
+
     fn status(&self, paused: bool) -> Status {
         match (self.exit.is_some(), self.start) {
             (true, _) => Status::Stopped,
@@ -512,13 +526,7 @@ impl Pod {
                     // refuses to delete a task still "created" with a pid,
                     // so `ctr run` would give up on it and leave the task,
                     // and with it the pod's shim, behind.
-                    let exit = ExitStatus {
-                        pid: p.pid,
-                        code: UNKNOWN_EXIT_STATUS,
-                        at: now(),
-                    };
-                    p.exit = Some(exit.clone());
-                    p.cell.set(exit.clone());
+                    let exit = p.end_with_vm();
                     self.publish_exit(id, exec_id, &exit);
                 }
                 return Err(e);
@@ -758,15 +766,7 @@ impl Pod {
                         b.abort();
                     }
                     if p.exit.is_none() {
-                        let exit = ExitStatus {
-                            pid: p.pid,
-                            code: UNKNOWN_EXIT_STATUS,
-                            at: now(),
-                        };
-                        p.exit = Some(exit.clone());
-                        p.exiting = false;
-                        p.cell.set(exit.clone());
-                        ended.push((exec_id, exit));
+                        ended.push((exec_id, p.end_with_vm()));
                     }
                 }
                 // Execs first: containerd expects the init's exit last.
