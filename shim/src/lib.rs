@@ -12,6 +12,7 @@ pub mod mount;
 pub mod sandbox;
 pub mod sandbox_dir;
 pub mod service;
+pub mod share;
 pub mod smaps;
 pub mod vmm_process;
 

@@ -157,11 +157,12 @@ impl Drop for SandboxDir {
     }
 }
 
-/// Removes a sandbox directory. Whatever is still mounted below it (a
-/// container's rootfs in the shared directory) is unmounted first, so the
-/// removal can never reach into a container's files on the host.
+/// Removes a sandbox directory. Whatever is still mounted below it (the
+/// share, a container's rootfs) is detached first, through fds opened
+/// beneath it, so the removal can never reach into a container's files on
+/// the host, nor a mount outside the directory.
 fn remove_tree(path: &Path) -> io::Result<()> {
-    crate::mount::unmount_all_under(path).map_err(io::Error::other)?;
+    crate::mount::at::detach_all_beneath(path).map_err(io::Error::other)?;
     if !crate::mount::mount_points_under(path)
         .map_err(io::Error::other)?
         .is_empty()

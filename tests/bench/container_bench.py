@@ -96,7 +96,11 @@ memory_mib = {args.memory_mib}
 [agent]
 dial_timeout_ms = 120000
 """)
-        self.proc = subprocess.Popen([PALISADE, "sandbox", "run", "--id", self.id, "--config", cfg],
+        # The share is read-only to the guest: the rootfs goes in a volume.
+        volume = os.path.join(tmp, "volume-bb")
+        os.makedirs(volume, exist_ok=True)
+        self.proc = subprocess.Popen([PALISADE, "sandbox", "run", "--id", self.id, "--config", cfg,
+                                      "--volume", f"{volume}:bb"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stdout.readline()
         if not line:

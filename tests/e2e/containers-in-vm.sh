@@ -73,8 +73,11 @@ make_rootfs() {
     chown 1000:1000 "$r/home/user"
 }
 
+# The share is read-only to the guest: the rootfs goes in a volume,
+# as a container's volumes do.
 start_sandbox() {
-    "$P" sandbox run --id "$SB" --config "$cfg" >"$tmp/sandbox.out" 2>"$tmp/sandbox.err" &
+    mkdir -p "$tmp/volume-bb"
+    "$P" sandbox run --id "$SB" --config "$cfg" --volume "$tmp/volume-bb:bb" >"$tmp/sandbox.out" 2>"$tmp/sandbox.err" &
     sb_pid=$!
     local deadline=$((SECONDS + 240))
     until [ -s "$tmp/sandbox.out" ] || ! kill -0 "$sb_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; do

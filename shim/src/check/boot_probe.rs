@@ -13,6 +13,7 @@ use crate::agent_client::{self, AgentClient, DialOptions};
 use crate::config::Config;
 use crate::sandbox::diagnostics::{console_tail, stuck_hint};
 use crate::sandbox_dir::{SandboxDir, SANDBOX_ROOT};
+use crate::share::Share;
 use crate::smaps;
 use crate::vmm_process::{describe_status, Progress, VmmProcess};
 
@@ -35,7 +36,8 @@ pub fn run(config: &Config, timeout: Duration, report: &mut BootReport) -> anyho
     report.sandbox_dir = Some(sandbox.path().display().to_string());
     let console_log = sandbox.console_log();
 
-    let mut vmm = VmmProcess::spawn(hypervisor, sandbox.path())?;
+    let share = make_share(sandbox.path())?;
+    let mut vmm = VmmProcess::spawn(hypervisor, sandbox.path(), &share.path())?;
     let watch = interrupt::watch_vmm(vmm.pid());
     report.vmm_pid = Some(vmm.pid());
 
@@ -58,8 +60,36 @@ pub fn run(config: &Config, timeout: Duration, report: &mut BootReport) -> anyho
         });
     }
     drop(watch);
+    drop(share);
     sandbox.remove()?;
     Ok(())
+}
+
+/// What the probe exports to its guest: an empty share like a pod's
+/// (which needs root to mount), or, for an unprivileged user with access
+/// to /dev/kvm, an empty directory of that user's: the VMM then runs as
+/// that user, so the guest can do no more there than the user could.
+enum ProbeShare {
+    Pod(Share),
+    UserDir(std::path::PathBuf),
+}
+
+impl ProbeShare {
+    fn path(&self) -> std::path::PathBuf {
+        match self {
+            ProbeShare::Pod(share) => share.path().to_owned(),
+            ProbeShare::UserDir(dir) => dir.clone(),
+        }
+    }
+}
+
+fn make_share(sandbox: &Path) -> anyhow::Result<ProbeShare> {
+    let path = crate::sandbox_dir::shared_dir(sandbox);
+    if nix::unistd::geteuid().is_root() {
+        return Ok(ProbeShare::Pod(Share::create(&path)?));
+    }
+    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(ProbeShare::UserDir(path))
 }
 
 /// `/run/palisade/check-<pid>`, or under the temporary directory where

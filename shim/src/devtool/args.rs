@@ -30,6 +30,41 @@ pub struct SandboxRun {
     pub config: Option<PathBuf>,
     /// Overrides `[agent] dial_timeout_ms`.
     pub timeout: Option<Duration>,
+    /// Host directories bind-mounted into the share, as volumes are for
+    /// containerd's containers: the share itself is read-only to the guest.
+    pub volumes: Vec<ShareVolume>,
+}
+
+/// `--volume HOST_DIR:NAME`: `HOST_DIR` appears in the guest as
+/// `/run/palisade/shared/NAME`, and on the host as `<shared_dir>/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareVolume {
+    pub host: PathBuf,
+    pub name: String,
+}
+
+fn share_volume(text: &str) -> Result<ShareVolume, String> {
+    let (host, name) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?}: want HOST_DIR:NAME, e.g. /tmp/rootfs:bb"))?;
+    let host = PathBuf::from(host);
+    if !host.is_absolute() {
+        return Err(format!(
+            "{text:?}: the host directory must be an absolute path"
+        ));
+    }
+    if !host.is_dir() {
+        return Err(format!("{text:?}: {} is not a directory", host.display()));
+    }
+    values::parse_sandbox_id(name).map_err(|_| {
+        format!(
+            "{text:?}: NAME must be 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )
+    })?;
+    Ok(ShareVolume {
+        host,
+        name: name.to_owned(),
+    })
 }
 
 /// Which agent `palisade agent` talks to.
@@ -190,6 +225,7 @@ pub fn parse_sandbox(args: &[String]) -> Result<SandboxCommand, ArgsError> {
                 value("--memory-mib"),
                 value("--config"),
                 value("--timeout-ms"),
+                repeated("--volume").short("-v"),
             ];
             let s = scan::scan("sandbox run", rest, OPTS)?;
             s.positionals(&[], 0)?;
@@ -204,6 +240,18 @@ pub fn parse_sandbox(args: &[String]) -> Result<SandboxCommand, ArgsError> {
                     .map(|n| n as u32),
                 config: s.value("--config").map(PathBuf::from),
                 timeout: s.parsed("--timeout-ms", timeout_ms)?,
+                volumes: {
+                    let volumes = s.parsed_all("--volume", share_volume)?;
+                    let mut names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                    names.sort_unstable();
+                    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                        return Err(ArgsError::Conflict(format!(
+                            "--volume: the name {:?} is given twice",
+                            w[0]
+                        )));
+                    }
+                    volumes
+                },
             }))
         }
         other => Err(ArgsError::UnknownCommand {
@@ -570,6 +618,35 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_run_volumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().display().to_string();
+        let parsed = parse_sandbox(&strings(&["run", "-v", &format!("{host}:bb")]));
+        let Ok(SandboxCommand::Run(run)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(
+            run.volumes,
+            vec![ShareVolume {
+                host: dir.path().to_owned(),
+                name: "bb".into()
+            }]
+        );
+        for (arg, want) in [
+            ("nocolon".to_owned(), "want HOST_DIR:NAME"),
+            ("rel:bb".to_owned(), "absolute path"),
+            ("/no/such/dir:bb".to_owned(), "is not a directory"),
+            (format!("{host}:../x"), "NAME must be"),
+        ] {
+            let err = parse_sandbox(&strings(&["run", "--volume", &arg])).expect_err(&arg);
+            assert!(err.to_string().contains(want), "{arg}: {err}");
+        }
+        let twice = format!("{host}:bb");
+        let err = parse_sandbox(&strings(&["run", "-v", &twice, "-v", &twice])).expect_err("twice");
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+
+    #[test]
     fn sandbox_run() {
         assert_eq!(
             parse_sandbox(&strings(&[
@@ -586,6 +663,7 @@ mod tests {
                 memory_mib: Some(512),
                 config: None,
                 timeout: None,
+                volumes: Vec::new(),
             }))
         );
         assert_eq!(

@@ -48,11 +48,13 @@ pub const EXIT_FAILED: u8 = 1;
 pub const SANDBOX_USAGE: &str = "\
 Usage: palisade [--config PATH] sandbox run [--id ID] [--vcpus N] [--memory-mib M]
                                            [--timeout-ms N] [--config PATH]
+                                           [--volume HOST_DIR:NAME]...
 
 Boots a sandbox VM (state directory /run/palisade/ID/, default ID dev-<pid>)
 with the configuration, and prints one line of JSON once its agent answers:
   id, state_dir, vsock_socket, shared_dir (the host side of the guest's
-  /run/palisade/shared), guest_shared_dir, console_log, vmm_pid, boot_ms
+  /run/palisade/shared), guest_shared_dir, volumes, console_log, vmm_pid,
+  boot_ms
 Then stays in the foreground until SIGINT, SIGTERM or SIGHUP, powers the
 guest off and removes the state directory with everything in it. Drive it
 meanwhile with `palisade agent --sandbox ID ...`.
@@ -60,6 +62,11 @@ meanwhile with `palisade agent --sandbox ID ...`.
   --vcpus N        1 to 32 (default: [hypervisor] vcpus)
   --memory-mib M   64 to 65536 (default: [hypervisor] memory_mib)
   --timeout-ms N   how long the boot may take (default: [agent] dial_timeout_ms)
+  -v, --volume HOST_DIR:NAME
+                   bind-mounts HOST_DIR at shared_dir/NAME, the guest's
+                   /run/palisade/shared/NAME (repeatable). The share itself
+                   is read-only to the guest, as a pod's is: a rootfs or any
+                   other files for the guest go in a volume.
 
 Exit status: 0 stopped on request, 1 failed (or the VM ended by itself),
 2 bad usage, 128+N interrupted by signal N during the boot.

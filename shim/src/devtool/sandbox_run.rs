@@ -15,13 +15,17 @@ use anyhow::anyhow;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::args::SandboxRun;
+use nix::mount::MsFlags;
+
+use super::args::{SandboxRun, ShareVolume};
 use super::signals;
 use super::target::sandbox_dir;
 use crate::check::{check_initrd, check_kernel, check_kvm, HostPaths};
 use crate::config::{self, Config, ConfigLocation};
+use crate::mount::MountSource;
 use crate::sandbox::{diagnostics, Sandbox, SandboxError, GUEST_SHARED_DIR};
 use crate::sandbox_dir;
+use crate::share::EntryKind;
 
 /// How often an interrupted boot looks for the VMM's pid to stop it.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
@@ -122,12 +126,22 @@ fn run_inner(args: &SandboxRun, global_config: Option<PathBuf>) -> anyhow::Resul
         }
     };
 
+    if let Err(e) = share_volumes(&sandbox, &args.volumes) {
+        let _ = sandbox.stop();
+        return Err(e);
+    }
+    let volumes: serde_json::Map<String, serde_json::Value> = args
+        .volumes
+        .iter()
+        .map(|v| (v.name.clone(), json!(v.host)))
+        .collect();
     let line = json!({
         "id": id,
         "state_dir": sandbox.dir(),
         "vsock_socket": sandbox_dir::vsock_socket(sandbox.dir()),
         "shared_dir": sandbox.shared_dir(),
         "guest_shared_dir": GUEST_SHARED_DIR,
+        "volumes": volumes,
         "console_log": sandbox.console_log(),
         "vmm_pid": sandbox.vmm_pid(),
         "boot_ms": (boot_time.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
@@ -170,6 +184,36 @@ fn run_inner(args: &SandboxRun, global_config: Option<PathBuf>) -> anyhow::Resul
         (None, Ok(())) => Ok(ExitCode::SUCCESS),
         (None, Err(e)) => Err(anyhow!("stopping sandbox {id}: {}", crate::error_chain(&e))),
     }
+}
+
+/// Bind-mounts each `--volume` into the share, as the shim does with a
+/// container's volumes (nosuid, nodev: the guest's root writes there).
+fn share_volumes(sandbox: &Sandbox, volumes: &[ShareVolume]) -> anyhow::Result<()> {
+    for v in volumes {
+        let name = std::path::Path::new(&v.name);
+        let bind = MountSource {
+            typ: "bind".into(),
+            source: v.host.display().to_string(),
+            options: vec!["rbind".into()],
+        };
+        sandbox
+            .share()
+            .make(name, EntryKind::Dir)
+            .and_then(|()| {
+                sandbox
+                    .share()
+                    .mount(name, &bind, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+            })
+            .map_err(|e| {
+                anyhow!(
+                    "--volume {}:{}: {}",
+                    v.host.display(),
+                    v.name,
+                    crate::error_chain(&e)
+                )
+            })?;
+    }
+    Ok(())
 }
 
 enum Boot {

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use crate::agent_client::{self, AgentClient, AgentError, DialOptions};
 use crate::config::Config;
-use crate::sandbox_dir::{SandboxDir, SandboxDirError};
+use crate::sandbox_dir::{self, SandboxDir, SandboxDirError};
+use crate::share::{Share, ShareError};
 use crate::vmm_process::{VmmProcess, VmmProcessError};
 
 /// Where the guest mounts the shared directory (the agent does, at boot).
@@ -37,6 +38,8 @@ pub enum SandboxError {
     Dir(#[from] SandboxDirError),
     #[error(transparent)]
     Vmm(#[from] VmmProcessError),
+    #[error("cannot make the pod's share")]
+    Share(#[from] ShareError),
     #[error("cannot start the sandbox's monitor thread")]
     Thread(#[source] std::io::Error),
     #[error("{hint}{}", console_suffix(.console))]
@@ -72,6 +75,8 @@ pub struct Sandbox {
     dir_path: PathBuf,
     /// Taken by the first stop, which removes the directory.
     dir: Mutex<Option<SandboxDir>>,
+    /// What the guest sees over virtio-fs; detached by the first stop.
+    share: Arc<Share>,
     vmm: Arc<Mutex<VmmProcess>>,
     vmm_pid: u32,
     /// Set once the agent answered; only `start` sees it unset.
@@ -93,8 +98,11 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let dir = SandboxDir::create(dir)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        // From here on an error drops `dir`, which removes it.
-        let (vmm, monitor) = spawn_monitored(&dir, config, stopping.clone(), on_vmm_exit)?;
+        // From here on an error drops `dir`, which removes it, and
+        // `share`, which detaches it first.
+        let share = Arc::new(Share::create(&sandbox_dir::shared_dir(dir.path()))?);
+        let (vmm, monitor) =
+            spawn_monitored(&dir, share.path(), config, stopping.clone(), on_vmm_exit)?;
         let vmm_pid = lock(&vmm).pid();
         // Only for `delete` after a crash: failing to write it is harmless.
         let _ = std::fs::File::create(dir.path().join(VMM_PID_FILE))
@@ -103,6 +111,7 @@ impl Sandbox {
             id: id.to_owned(),
             dir_path: dir.path().to_owned(),
             dir: Mutex::new(Some(dir)),
+            share,
             vmm,
             vmm_pid,
             agent: None,
@@ -163,7 +172,12 @@ impl Sandbox {
 
     /// The host side of the guest's `/run/palisade/shared`.
     pub fn shared_dir(&self) -> PathBuf {
-        crate::sandbox_dir::shared_dir(self.dir())
+        self.share.path().to_owned()
+    }
+
+    /// The pod's share, to put containers' files in.
+    pub fn share(&self) -> &Arc<Share> {
+        &self.share
     }
 
     /// The guest console log (kept while the sandbox runs).
@@ -208,15 +222,19 @@ impl Sandbox {
         if let Some(monitor) = monitor {
             let _ = monitor.join();
         }
+        // The VMM is gone: nothing holds the share's files any more.
+        let detached = self.share.close();
         let dir = self
             .dir
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match dir {
+        let removed = match dir {
             Some(dir) => dir.remove().map_err(SandboxError::from),
             None => Ok(()),
-        }
+        };
+        detached?;
+        removed
     }
 }
 
@@ -236,17 +254,19 @@ fn lock(vmm: &Mutex<VmmProcess>) -> MutexGuard<'_, VmmProcess> {
 /// the VMM to stop and reports an unexpected end.
 fn spawn_monitored(
     dir: &SandboxDir,
+    shared_dir: &Path,
     config: &Config,
     stopping: Arc<AtomicBool>,
     on_vmm_exit: VmmExitHandler,
 ) -> Result<(Arc<Mutex<VmmProcess>>, JoinHandle<()>), SandboxError> {
     let hypervisor = config.hypervisor.clone();
     let dir_path = dir.path().to_owned();
+    let shared_dir = shared_dir.to_owned();
     let (tx, rx) = mpsc::channel();
     let monitor = thread::Builder::new()
         .name("vmm-monitor".into())
         .spawn(move || {
-            let vmm = match VmmProcess::spawn(&hypervisor, &dir_path) {
+            let vmm = match VmmProcess::spawn(&hypervisor, &dir_path, &shared_dir) {
                 Ok(vmm) => Arc::new(Mutex::new(vmm)),
                 Err(e) => {
                     let _ = tx.send(Err(e));

@@ -186,7 +186,7 @@ fn cleanup_dead_sandbox(dir: &Path) {
             }
         }
     }
-    if let Err(e) = crate::mount::unmount_all_under(dir) {
+    if let Err(e) = crate::mount::at::detach_all_beneath(dir) {
         log::warn!("cleaning up {}: {}", dir.display(), crate::error_chain(&e));
     }
     if crate::mount::mount_points_under(dir).is_ok_and(|m| m.is_empty()) {

@@ -316,7 +316,7 @@ impl Pod {
             log::info!("container {}: not passed to the guest: {what}", req.id);
         }
         let files = ContainerFiles::prepare(
-            &sandbox.shared_dir(),
+            sandbox.share(),
             &req.id,
             &req.rootfs,
             &req.bundle,

@@ -1,36 +1,34 @@
-//! A container's files in the sandbox's shared directory: its root
-//! filesystem (containerd's snapshot mounts, mounted on the host at
-//! `shared/<id>/rootfs`) and its volumes (`shared/<id>/mounts/<n>`), which
-//! the guest reaches over virtio-fs.
+//! A container's files in the pod's share: its root filesystem
+//! (containerd's snapshot mounts, mounted on `<id>/rootfs`) and its volumes
+//! (`<id>/mounts/<n>`), which the guest reaches over virtio-fs. The
+//! directories are the share's skeleton, which the guest cannot write
+//! (see [`crate::share`]); the mounts are made through fds.
 //!
 //! Every host mount made here gets nosuid and nodev: the guest's root can
 //! write setuid programs and device nodes into them, and the host must
 //! never honour those.
 
-use std::fs::{self, DirBuilder};
+use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::mount::MsFlags;
 
 use super::spec::SharedVolume;
-use crate::mount::{self, MountError, MountSource};
+use crate::mount::MountSource;
+use crate::share::{EntryKind, Share, ShareError};
 
 const HOST_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const ROOTFS: &str = "rootfs";
+const VOLUMES: &str = "mounts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("container id {0:?} cannot name a directory (want letters, digits, '_', '-', '.'; 1 to 76 of them)")]
     BadId(String),
-    #[error("the container's directory {} already exists in the shared directory (a container of that id is in this pod)", .0.display())]
+    #[error("the container's directory {} already exists in the share (a container of that id is in this pod)", .0.display())]
     Exists(PathBuf),
-    #[error("cannot create {}", .path.display())]
-    Create {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("the container's root filesystem {} does not exist (containerd passed no rootfs mounts, so the spec's root.path must be a directory)", .0.display())]
     NoRootfs(PathBuf),
     #[error("volume source {}", .path.display())]
@@ -39,15 +37,18 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
+    #[error("volume {name:?} is not a path in the container's directory")]
+    BadVolumeName { name: String },
     #[error(transparent)]
-    Mount(#[from] MountError),
+    Share(#[from] ShareError),
 }
 
 /// The host side of one container's shared files. Removing it (or dropping
-/// it) unmounts everything and deletes the directory.
+/// it) unmounts everything and deletes its entries in the share.
 #[derive(Debug)]
 pub struct ContainerFiles {
-    dir: PathBuf,
+    share: Arc<Share>,
+    id: PathBuf,
     removed: bool,
 }
 
@@ -66,11 +67,12 @@ pub fn check_id(id: &str) -> Result<(), RootfsError> {
 }
 
 impl ContainerFiles {
-    /// Makes `shared/<id>/rootfs` with the container's root filesystem on
-    /// it, and its volumes. `host_root` is the spec's root.path (relative
-    /// to `bundle` or absolute), used when `rootfs_mounts` is empty.
+    /// Makes `<id>/rootfs` in the share with the container's root
+    /// filesystem on it, and its volumes. `host_root` is the spec's
+    /// root.path (relative to `bundle` or absolute), used when
+    /// `rootfs_mounts` is empty.
     pub fn prepare(
-        shared: &Path,
+        share: &Arc<Share>,
         id: &str,
         rootfs_mounts: &[MountSource],
         bundle: &Path,
@@ -78,21 +80,20 @@ impl ContainerFiles {
         volumes: &[SharedVolume],
     ) -> Result<Self, RootfsError> {
         check_id(id)?;
-        let dir = shared.join(id);
-        match DirBuilder::new().mode(0o755).create(&dir) {
+        let dir = PathBuf::from(id);
+        match share.make(&dir, EntryKind::Dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(RootfsError::Exists(dir))
-            }
-            Err(source) => return Err(RootfsError::Create { path: dir, source }),
+            Err(ShareError::Exists(path)) => return Err(RootfsError::Exists(path)),
+            Err(e) => return Err(e.into()),
         }
         // From here on, dropping `files` undoes everything.
         let files = ContainerFiles {
-            dir,
+            share: share.clone(),
+            id: dir,
             removed: false,
         };
-        let rootfs = files.rootfs();
-        mkdir(&rootfs)?;
+        let rootfs = files.id.join(ROOTFS);
+        share.make(&rootfs, EntryKind::Dir)?;
         if rootfs_mounts.is_empty() {
             let source = bundle.join(host_root);
             if !source.is_dir() {
@@ -103,11 +104,14 @@ impl ContainerFiles {
                 source: source.display().to_string(),
                 options: vec!["rbind".into()],
             };
-            mount::mount_on(&bind, &rootfs, HOST_MOUNT_FLAGS)?;
+            share.mount(&rootfs, &bind, HOST_MOUNT_FLAGS)?;
         } else {
             for m in rootfs_mounts {
-                mount::mount_on(m, &rootfs, HOST_MOUNT_FLAGS)?;
+                share.mount(&rootfs, m, HOST_MOUNT_FLAGS)?;
             }
+        }
+        if !volumes.is_empty() {
+            share.make(&files.id.join(VOLUMES), EntryKind::Dir)?;
         }
         for volume in volumes {
             files.share_volume(volume)?;
@@ -115,86 +119,51 @@ impl ContainerFiles {
         Ok(files)
     }
 
-    /// `shared/<id>`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// `shared/<id>/rootfs`.
+    /// `<id>/rootfs` on the host.
     pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("rootfs")
+        self.share.host_path(&self.id.join(ROOTFS))
     }
 
     fn share_volume(&self, volume: &SharedVolume) -> Result<(), RootfsError> {
-        let target = self.dir.join(&volume.shared_name);
+        let relative = Path::new(&volume.shared_name);
+        if relative.parent() != Some(Path::new(VOLUMES)) {
+            return Err(RootfsError::BadVolumeName {
+                name: volume.shared_name.clone(),
+            });
+        }
+        let target = self.id.join(relative);
         let meta =
             fs::metadata(&volume.host_source).map_err(|source| RootfsError::VolumeSource {
                 path: volume.host_source.clone(),
                 source,
             })?;
-        if meta.is_dir() {
-            mkdir(&target)?;
+        let kind = if meta.is_dir() {
+            EntryKind::Dir
         } else {
-            if let Some(parent) = target.parent() {
-                mkdir(parent)?;
-            }
-            fs::File::create(&target).map_err(|source| RootfsError::Create {
-                path: target.clone(),
-                source,
-            })?;
-        }
+            EntryKind::File
+        };
+        self.share.make(&target, kind)?;
         let bind = MountSource {
             typ: "bind".into(),
             source: volume.host_source.display().to_string(),
             options: volume.options.clone(),
         };
-        mount::mount_on(&bind, &target, HOST_MOUNT_FLAGS)?;
+        self.share.mount(&target, &bind, HOST_MOUNT_FLAGS)?;
         Ok(())
     }
 
-    /// Unmounts the root filesystem and volumes and removes the directory.
+    /// Unmounts the root filesystem and volumes and removes the entries.
     pub fn remove(mut self) -> Result<(), RootfsError> {
         self.removed = true;
-        remove_dir(&self.dir)
+        Ok(self.share.remove(&self.id)?)
     }
 }
 
 impl Drop for ContainerFiles {
     fn drop(&mut self) {
         if !self.removed {
-            let _ = remove_dir(&self.dir);
+            let _ = self.share.remove(&self.id);
         }
-    }
-}
-
-fn mkdir(path: &Path) -> Result<(), RootfsError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|source| RootfsError::Create {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-fn remove_dir(dir: &Path) -> Result<(), RootfsError> {
-    mount::unmount_all_under(dir)?;
-    // Never recurse into something still mounted: that would delete the
-    // container's snapshot or a volume's files on the host.
-    if !mount::mount_points_under(dir)?.is_empty() {
-        return Err(RootfsError::Mount(MountError::Unmount {
-            target: dir.to_owned(),
-            errno: nix::Error::EBUSY,
-        }));
-    }
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RootfsError::Create {
-            path: dir.to_owned(),
-            source,
-        }),
     }
 }
 
@@ -213,11 +182,14 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (mounts): tests/run-all runs it"]
     fn a_missing_rootfs_is_refused_and_leaves_nothing() {
-        let shared = tempfile::tempdir().expect("tempdir");
+        assert!(nix::unistd::geteuid().is_root(), "run it as root");
+        let sandbox = tempfile::tempdir().expect("tempdir");
         let bundle = tempfile::tempdir().expect("tempdir");
+        let share = Arc::new(Share::create(&sandbox.path().join("shared")).expect("share"));
         let err = ContainerFiles::prepare(
-            shared.path(),
+            &share,
             "c1",
             &[],
             bundle.path(),
@@ -226,24 +198,48 @@ mod tests {
         )
         .expect_err("no rootfs");
         assert!(err.to_string().contains("does not exist"), "{err}");
-        assert!(!shared.path().join("c1").exists());
+        assert!(!share.path().join("c1").exists());
     }
 
     #[test]
+    #[ignore = "needs root (mounts): tests/run-all runs it"]
     fn an_existing_container_dir_is_not_touched() {
-        let shared = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(shared.path().join("c1")).expect("mkdir");
-        std::fs::write(shared.path().join("c1/keep"), b"x").expect("write");
+        assert!(nix::unistd::geteuid().is_root(), "run it as root");
+        let sandbox = tempfile::tempdir().expect("tempdir");
+        let rootfs = tempfile::tempdir().expect("tempdir");
+        let share = Arc::new(Share::create(&sandbox.path().join("shared")).expect("share"));
+        let first = ContainerFiles::prepare(&share, "c1", &[], rootfs.path(), Path::new("."), &[])
+            .expect("first");
+        let err = ContainerFiles::prepare(&share, "c1", &[], rootfs.path(), Path::new("."), &[])
+            .expect_err("exists");
+        assert!(matches!(err, RootfsError::Exists(_)), "{err}");
+        assert!(first.rootfs().is_dir());
+        first.remove().expect("remove");
+        assert!(!share.path().join("c1").exists());
+    }
+
+    #[test]
+    #[ignore = "needs root (mounts): tests/run-all runs it"]
+    fn a_volume_name_outside_mounts_is_refused() {
+        assert!(nix::unistd::geteuid().is_root(), "run it as root");
+        let sandbox = tempfile::tempdir().expect("tempdir");
+        let rootfs = tempfile::tempdir().expect("tempdir");
+        let share = Arc::new(Share::create(&sandbox.path().join("shared")).expect("share"));
+        let volume = SharedVolume {
+            host_source: rootfs.path().to_owned(),
+            shared_name: "rootfs".into(),
+            options: vec!["rbind".into()],
+        };
         let err = ContainerFiles::prepare(
-            shared.path(),
+            &share,
             "c1",
             &[],
-            Path::new("/"),
-            Path::new("x"),
-            &[],
+            rootfs.path(),
+            Path::new("."),
+            &[volume],
         )
-        .expect_err("exists");
-        assert!(matches!(err, RootfsError::Exists(_)), "{err}");
-        assert!(shared.path().join("c1/keep").exists());
+        .expect_err("bad name");
+        assert!(matches!(err, RootfsError::BadVolumeName { .. }), "{err}");
+        assert!(!share.path().join("c1").exists(), "nothing left");
     }
 }

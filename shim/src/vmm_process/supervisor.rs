@@ -140,13 +140,6 @@ pub enum VmmProcessError {
     #[error("the VMM process (pid {pid}) broke its output protocol: {detail}")]
     Protocol { pid: u32, detail: String },
 
-    #[error("cannot create the shared directory {}", .path.display())]
-    SharedDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-
     #[error("cannot wait for the VMM process (pid {pid})")]
     Wait {
         pid: u32,
@@ -238,16 +231,20 @@ pub struct VmmProcess {
 
 impl VmmProcess {
     /// Starts a VMM process for `hypervisor` whose sockets and console log
-    /// live in `sandbox`.
+    /// live in `sandbox`, exporting `shared_dir` (which must exist) to the
+    /// guest over virtio-fs.
     ///
     /// The VMM gets SIGKILL when the *thread* that calls this exits
     /// (PR_SET_PDEATHSIG follows the creating thread), so call it from a
     /// thread that lives as long as the sandbox, not from a short-lived
     /// worker.
-    pub fn spawn(hypervisor: &HypervisorConfig, sandbox: &Path) -> Result<Self, VmmProcessError> {
+    pub fn spawn(
+        hypervisor: &HypervisorConfig,
+        sandbox: &Path,
+        shared_dir: &Path,
+    ) -> Result<Self, VmmProcessError> {
         let console_log = sandbox_dir::console_log(sandbox);
         let vsock_socket = sandbox_dir::vsock_socket(sandbox);
-        let shared_dir = create_shared_dir(sandbox)?;
         let config = VmConfig {
             kernel: hypervisor.kernel.clone(),
             initrd: Some(hypervisor.initrd.clone()),
@@ -261,7 +258,7 @@ impl VmmProcess {
             }),
             shared_fs: Some(SharedFsConfig {
                 tag: SHARED_FS_TAG.to_owned(),
-                dir: shared_dir,
+                dir: shared_dir.to_owned(),
             }),
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];
@@ -544,16 +541,6 @@ impl Drop for VmmProcess {
 /// VMM starts). 0755 because the guest sees these permissions on its mount
 /// point; host users are kept out by the sandbox directory's 0700. An
 /// existing directory is reused: a restarted VMM serves the same share.
-fn create_shared_dir(sandbox: &Path) -> Result<PathBuf, VmmProcessError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let path = sandbox_dir::shared_dir(sandbox);
-    match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-        Ok(()) => Ok(path),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(path),
-        Err(source) => Err(VmmProcessError::SharedDir { path, source }),
-    }
-}
-
 /// Runs in the child between fork and exec.
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no
@@ -785,28 +772,6 @@ mod tests {
                 other => panic!("expected SIGKILL from PR_SET_PDEATHSIG, got {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn makes_the_shared_directory() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shared = create_shared_dir(dir.path()).expect("create");
-        assert_eq!(shared, dir.path().join("shared"));
-        let mode = std::fs::metadata(&shared)
-            .expect("stat")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
-        assert_eq!(create_shared_dir(dir.path()).expect("reuse"), shared);
-        std::fs::remove_dir(&shared).expect("rmdir");
-        std::fs::write(&shared, b"in the way").expect("file");
-        let err = create_shared_dir(dir.path()).expect_err("a file is in the way");
-        assert!(
-            err.to_string()
-                .contains("cannot create the shared directory"),
-            "{err}"
-        );
     }
 
     #[test]
