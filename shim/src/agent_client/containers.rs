@@ -106,6 +106,28 @@ fn exit(e: Option<&ProcessExit>) -> Exit {
     .unwrap_or_default()
 }
 
+/// Events the shim takes from one GetEvents reply. A guest agent is
+/// hostile like the rest of the guest: whatever it sends, one reply costs
+/// a bounded amount of work, and what is left over comes in the next one
+/// (the agent keeps events until they are acknowledged by sequence).
+pub const MAX_EVENTS_PER_BATCH: usize = 256;
+
+/// The events of a reply that are new (sequence above `after`), at most
+/// [`MAX_EVENTS_PER_BATCH`], and the sequence to acknowledge next time.
+/// Sequence numbers only go up: a guest that sends them backwards cannot
+/// make the shim handle an event twice.
+fn accept_events(after: u64, events: &[Event]) -> EventBatch {
+    let taken: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.sequence > after)
+        .take(MAX_EVENTS_PER_BATCH)
+        .collect();
+    EventBatch {
+        last_sequence: taken.iter().map(|e| e.sequence).fold(after, u64::max),
+        events: taken.into_iter().filter_map(event).collect(),
+    }
+}
+
 /// Events of a kind this shim does not know (a newer agent) are skipped.
 fn event(e: &Event) -> Option<AgentEvent> {
     use palisade_protocols::containers::event::Kind;
@@ -335,27 +357,13 @@ impl AgentClient {
         let req = GetEventsRequest {
             after_sequence: after,
             timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            max_events: MAX_EVENTS_PER_BATCH as u32,
             ..Default::default()
         };
         let reply = self.call_within("Containers.GetEvents", wait + LONG_POLL_MARGIN, |ctx| {
             self.containers.get_events(ctx, &req)
         })?;
-        // Sequence numbers only go up: a guest that sends them backwards
-        // cannot make the shim handle an event twice.
-        let last_sequence = reply
-            .events
-            .iter()
-            .map(|e| e.sequence)
-            .fold(after, u64::max);
-        Ok(EventBatch {
-            last_sequence,
-            events: reply
-                .events
-                .iter()
-                .filter(|e| e.sequence > after)
-                .filter_map(event)
-                .collect(),
-        })
+        Ok(accept_events(after, &reply.events))
     }
 }
 
@@ -427,5 +435,25 @@ mod tests {
             })
         );
         assert_eq!(event(&Event::new()), None);
+    }
+
+    #[test]
+    fn a_flood_of_events_is_taken_a_bounded_batch_at_a_time() {
+        let oom = |sequence| Event {
+            sequence,
+            container_id: "c1".into(),
+            kind: Some(Kind::OomKilled(OomKilled::default())),
+            ..Default::default()
+        };
+        let flood: Vec<Event> = (1..=10_000).map(oom).collect();
+        let batch = accept_events(0, &flood);
+        assert_eq!(batch.events.len(), MAX_EVENTS_PER_BATCH);
+        assert_eq!(batch.last_sequence, MAX_EVENTS_PER_BATCH as u64);
+        let next = accept_events(batch.last_sequence, &flood);
+        assert_eq!(next.last_sequence, 2 * MAX_EVENTS_PER_BATCH as u64);
+        // Old and repeated sequences are not handled again.
+        let replay = accept_events(9_999, &[oom(5), oom(9_999), oom(10_000)]);
+        assert_eq!(replay.events.len(), 1);
+        assert_eq!(replay.last_sequence, 10_000);
     }
 }

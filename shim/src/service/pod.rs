@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -43,6 +43,10 @@ pub const UNKNOWN_EXIT_STATUS: u32 = 255;
 const EVENT_POLL: Duration = Duration::from_secs(30);
 /// Pause after a failed poll while the VM still runs.
 const EVENT_RETRY: Duration = Duration::from_millis(200);
+/// At most one `/tasks/oom` per container in this time: an OOM kill is
+/// news once, and a guest that reports them in a loop must not flood
+/// containerd (or its clients) through the shim.
+const OOM_COALESCE: Duration = Duration::from_secs(1);
 
 /// Everything Create needs from the request.
 #[derive(Debug, Clone)]
@@ -60,6 +64,7 @@ pub struct CreateRequest {
 /// What containerd's State RPC reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessState {
+    /// The pod's VMM on the host (see [`Pids`]).
     pub pid: u32,
     pub status: Status,
     pub stdio: StdioPaths,
@@ -77,6 +82,7 @@ pub enum Status {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExitStatus {
+    /// The pod's VMM on the host (see [`Pids`]).
     pub pid: u32,
     pub code: u32,
     pub at: Timestamp,
@@ -115,8 +121,19 @@ impl ExitCell {
     }
 }
 
+/// A process's pids. containerd and the tools around it act on a task's
+/// pid on the host (`nsenter -t`, monitoring agents), where a guest pid
+/// names some unrelated host process: every task reports the pod's VMM,
+/// the host process that holds it, as Kata does. The guest pid stays for
+/// the process listing (Pids) and for matching execs to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pids {
+    guest: u32,
+    host: u32,
+}
+
 struct Process {
-    pid: u32,
+    pid: Pids,
     stdio: StdioPaths,
     start: Start,
     exit: Option<ExitStatus>,
@@ -131,7 +148,7 @@ struct Process {
 }
 
 impl Process {
-    fn new(pid: u32, stdio: StdioPaths) -> Self {
+    fn new(pid: Pids, stdio: StdioPaths) -> Self {
         Process {
             pid,
             stdio,
@@ -153,7 +170,7 @@ impl Process {
     /// and releases its waiters; returns the exit to publish.
     fn end_with_vm(&mut self) -> ExitStatus {
         let exit = ExitStatus {
-            pid: self.pid,
+            pid: self.pid.host,
             code: UNKNOWN_EXIT_STATUS,
             at: now(),
         };
@@ -180,6 +197,18 @@ struct Container {
     execs: HashMap<String, Process>,
     paused: bool,
     deleting: bool,
+    /// When the last `/tasks/oom` went out.
+    last_oom: Option<Instant>,
+}
+
+/// Whether an OOM kill reported at `now` is published, given the last one
+/// published; records it if so.
+fn oom_is_news(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|t| now.saturating_duration_since(t) < OOM_COALESCE) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 impl Container {
@@ -331,7 +360,7 @@ impl Pod {
         })?;
 
         let agent = sandbox.agent();
-        let creating = std::time::Instant::now();
+        let creating = Instant::now();
         let started = agent
             .create_container(&req.id, json, &guest_rootfs, req.stdio.wanted())
             .map_err(|e| TaskError::from_agent("the guest refused the container", &e))?;
@@ -351,7 +380,11 @@ impl Pod {
             }
         };
 
-        let mut init = Process::new(started.pid, req.stdio.clone());
+        let pid = Pids {
+            guest: started.pid,
+            host: sandbox.vmm_pid(),
+        };
+        let mut init = Process::new(pid, req.stdio.clone());
         init.bridge = Some(bridge);
         let mut state = self.lock();
         state.containers.insert(
@@ -363,6 +396,7 @@ impl Pod {
                 execs: HashMap::new(),
                 paused: false,
                 deleting: false,
+                last_oom: None,
             },
         );
         self.events.send(
@@ -378,11 +412,11 @@ impl Pod {
                     terminal: req.stdio.terminal,
                     ..Default::default()
                 }),
-                pid: started.pid,
+                pid: pid.host,
                 ..Default::default()
             },
         );
-        Ok(started.pid)
+        Ok(pid.host)
     }
 
     /// The pod's running sandbox, booted now if this is its first
@@ -429,7 +463,7 @@ impl Pod {
                 pod.vm_died(how);
             }
         });
-        let booting = std::time::Instant::now();
+        let booting = Instant::now();
         let sandbox = Sandbox::start(&sandbox_id, &dir, &sized, on_exit)
             .map(Arc::new)
             .map_err(|e| {
@@ -532,12 +566,15 @@ impl Pod {
                 return Err(e);
             }
         };
-        if let Some((pid, bridge)) = started {
-            p.pid = pid;
+        if let Some((guest_pid, bridge)) = started {
+            p.pid = Pids {
+                guest: guest_pid,
+                host: sandbox.vmm_pid(),
+            };
             p.bridge = Some(bridge);
         }
         p.start = Start::Started;
-        let pid = p.pid;
+        let pid = p.pid.host;
         if exec_id.is_empty() {
             self.events.send(
                 topics::TASK_START_EVENT_TOPIC,
@@ -589,7 +626,7 @@ impl Pod {
                 format!("exec {exec_id:?} already exists in container {id:?}"),
             ));
         }
-        let mut p = Process::new(0, stdio);
+        let mut p = Process::new(Pids::default(), stdio);
         p.exec_spec = Some(spec_json);
         c.execs.insert(exec_id.to_owned(), p);
         self.events.send(
@@ -644,8 +681,12 @@ impl Pod {
     fn handle_agent_event(&self, event: AgentEvent) {
         match event {
             AgentEvent::OomKilled { container_id } => {
-                let state = self.lock();
-                if state.containers.contains_key(&container_id) {
+                let mut state = self.lock();
+                let news = state
+                    .containers
+                    .get_mut(&container_id)
+                    .is_some_and(|c| oom_is_news(&mut c.last_oom, Instant::now()));
+                if news {
                     self.events.send(
                         topics::TASK_OOM_EVENT_TOPIC,
                         TaskOOM {
@@ -716,7 +757,7 @@ impl Pod {
         // Keeps stdin open for nobody; ending it frees the guest side.
         drop(bridge);
         let exit = ExitStatus {
-            pid: p.pid,
+            pid: p.pid.host,
             code,
             at: now(),
         };
@@ -835,7 +876,7 @@ impl Pod {
         let c = find(&state, id)?;
         let p = c.process(exec_id)?;
         Ok(ProcessState {
-            pid: p.pid,
+            pid: p.pid.host,
             status: p.status(c.paused),
             stdio: p.stdio.clone(),
             bundle: c.bundle.clone(),
@@ -857,7 +898,7 @@ impl Pod {
                 )));
             }
             let status = p.exit.clone().unwrap_or(ExitStatus {
-                pid: p.pid,
+                pid: p.pid.host,
                 code: 0,
                 at: now(),
             });
@@ -903,7 +944,7 @@ impl Pod {
                 b.abort();
             }
             let status = c.init.exit.clone().unwrap_or(ExitStatus {
-                pid: c.init.pid,
+                pid: c.init.pid.host,
                 code: UNKNOWN_EXIT_STATUS,
                 at: now(),
             });
@@ -1000,6 +1041,8 @@ impl Pod {
 
     // ---------------------------------------------------------------- the rest
 
+    /// The container's processes by their guest pids (the only place
+    /// guest pids are reported), each with its exec id if it is one.
     pub fn pids(&self, id: &str) -> TaskResult<Vec<(u32, Option<String>)>> {
         let execs: HashMap<u32, String> = {
             let state = self.lock();
@@ -1010,7 +1053,7 @@ impl Pod {
             c.execs
                 .iter()
                 .filter(|(_, p)| p.is_running())
-                .map(|(e, p)| (p.pid, e.clone()))
+                .map(|(e, p)| (p.pid.guest, e.clone()))
                 .collect()
         };
         let pids = self
@@ -1123,7 +1166,7 @@ impl Pod {
 
     /// The init pid of `id`, for Connect.
     pub fn init_pid(&self, id: &str) -> TaskResult<u32> {
-        Ok(find(&self.lock(), id)?.init.pid)
+        Ok(find(&self.lock(), id)?.init.pid.host)
     }
 
     /// The sandbox's state directory, if it runs.
@@ -1163,5 +1206,27 @@ fn describe(id: &str, exec_id: &str) -> String {
         format!("container {id:?}")
     } else {
         format!("exec {exec_id:?} of container {id:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kills_are_published_once_a_second_per_container() {
+        let t0 = Instant::now();
+        let mut last = None;
+        assert!(oom_is_news(&mut last, t0));
+        for ms in [0, 10, 999] {
+            assert!(
+                !oom_is_news(&mut last, t0 + Duration::from_millis(ms)),
+                "{ms}"
+            );
+        }
+        assert!(oom_is_news(&mut last, t0 + OOM_COALESCE));
+        assert!(!oom_is_news(&mut last, t0 + OOM_COALESCE));
+        // A clock that seems to go back publishes nothing either.
+        assert!(!oom_is_news(&mut last, t0));
     }
 }
