@@ -95,6 +95,28 @@ t_pod_shares_vm() {
     [ "$n" -eq 1 ] || bad "$n VMM processes after the pod was deleted, want 1 (the other pod's)"
 }
 
+# Every task reports the pod's VMM as its pid on the host, execs too: a
+# guest pid would name an unrelated host process to host tools. `ctr task
+# ps` lists the guest's pids.
+t_task_pids_are_the_vmm() {
+    local pod c2 vmm p1 p2 ps n
+    pod=$(tid 1)
+    c2=$(tid 2)
+    _run_in_pod "$pod" "$pod" sleep 1000
+    _run_in_pod "$c2" "$pod" sleep 1000
+    vmm=$(our_vmm_pids)
+    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    p1=$(task_pid "$pod")
+    p2=$(task_pid "$c2")
+    [ "$p1" = "$vmm" ] && [ "$p2" = "$vmm" ] || bad "task pids are $p1 and $p2; the pod's VMM is $vmm"
+    exec_ --detach --exec-id e1 "$pod" sleep 1000 >/dev/null 2>&1 || bad "ctr task exec --detach failed"
+    ps=$(ctr_ task ps "$pod" | awk 'NR > 1 { print $1 }')
+    n=$(_count "$ps")
+    [ "$n" -ge 2 ] || bad "ctr task ps lists $n processes, want the init and the exec: $ps"
+    ! grep -qx "$vmm" <<<"$ps" || bad "ctr task ps lists the VMM's host pid $vmm, not guest pids: $(echo $ps)"
+    note "task pid $vmm (the VMM); guest pids $(echo $ps)"
+}
+
 # The VMM dies: the pod's tasks end (reported as exited), and deleting
 # them cleans up.
 t_vmm_kill_ends_tasks() {
@@ -217,7 +239,7 @@ t_create_delete_cycles() {
     note "$n create/run/delete cycles in $((SECONDS - t0))s"
 }
 
-all_tests="guest-kernel pod-shares-vm vmm-kill-ends-tasks vmm-dies-during-start config-path create-delete-cycles"
+all_tests="guest-kernel pod-shares-vm task-pids-are-the-vmm vmm-kill-ends-tasks vmm-dies-during-start config-path create-delete-cycles"
 ctr_suite_select "$@" -- $all_tests
 [ "$RUNTIME" = io.containerd.palisade.v2 ] ||
     echo "NOTE: a dry run with RUNTIME=$RUNTIME: the palisade checks are expected to fail"

@@ -50,8 +50,8 @@ RUN_OPTS=()
 start_attacker() {  # ID POD SCRIPT
     local id=$1 pod=$2 script=$3
     RUN_OPTS=(--privileged)
-    start_in_pod "$id" "$pod" sh -c "mount -t virtiofs palisade /mnt || { echo MOUNT-FAILED; sleep 1000; }
-echo MOUNTED >/attack.log
+    start_in_pod "$id" "$pod" sh -c "mkdir -p /mnt; mount -t virtiofs palisade /mnt >/attack.log 2>&1 || { echo MOUNT-FAILED >>/attack.log; sleep 100000; }
+echo MOUNTED >>/attack.log
 ( $script ) >>/attack.log 2>&1
 echo ATTACK-DONE >>/attack.log
 sleep 100000"

@@ -188,15 +188,9 @@ mod tests {
         let sandbox = tempfile::tempdir().expect("tempdir");
         let bundle = tempfile::tempdir().expect("tempdir");
         let share = Arc::new(Share::create(&sandbox.path().join("shared")).expect("share"));
-        let err = ContainerFiles::prepare(
-            &share,
-            "c1",
-            &[],
-            bundle.path(),
-            Path::new("rootfs"),
-            &[],
-        )
-        .expect_err("no rootfs");
+        let err =
+            ContainerFiles::prepare(&share, "c1", &[], bundle.path(), Path::new("rootfs"), &[])
+                .expect_err("no rootfs");
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(!share.path().join("c1").exists());
     }
@@ -230,15 +224,9 @@ mod tests {
             shared_name: "rootfs".into(),
             options: vec!["rbind".into()],
         };
-        let err = ContainerFiles::prepare(
-            &share,
-            "c1",
-            &[],
-            rootfs.path(),
-            Path::new("."),
-            &[volume],
-        )
-        .expect_err("bad name");
+        let err =
+            ContainerFiles::prepare(&share, "c1", &[], rootfs.path(), Path::new("."), &[volume])
+                .expect_err("bad name");
         assert!(matches!(err, RootfsError::BadVolumeName { .. }), "{err}");
         assert!(!share.path().join("c1").exists(), "nothing left");
     }

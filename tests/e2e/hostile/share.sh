@@ -9,7 +9,7 @@
 HOSTILE_TESTS+=(share-symlink-race share-rename-during-delete share-fill)
 # Each container start is a few seconds in the nested test host.
 LIMIT_share_symlink_race=$((${E2E_SHARE_CYCLES:-20} * 40 + 180))
-LIMIT_share_rename_during_delete=$((${E2E_SHARE_CYCLES:-20} * 40 + 180))
+LIMIT_share_rename_during_delete=$((${E2E_SHARE_RENAMES:-10} * 40 + 180))
 LIMIT_share_fill=400
 
 # Host places an attack would reach, with markers; `share_victims_intact`
@@ -37,8 +37,8 @@ share_stop_attack() {  # ATTACKER
 
 # 20 containers with a directory and a file volume are created and
 # deleted in the pod while the attacker plants symlinks to host places in
-# every container directory that appears in the share, and in the share's
-# root, as fast as it can.
+# every container directory that appears in the share, where the shim
+# makes the rootfs and volume mount points next, as fast as it can.
 t_share_symlink_race() {
     local pod prefix vol volfile before after i id out failures=0 log
     pod=$(tid 0)
@@ -49,18 +49,20 @@ t_share_symlink_race() {
     mkdir -p "$vol"
     echo conf >"$volfile"
     before=$(host_mounts_outside "$pod")
+    # A link is planted where the shim would make a directory or a file
+    # next; `ln` into an existing directory (a mounted rootfs or volume)
+    # would only make a link inside the container's own files.
     start_attacker "$pod" "$pod" "
         rounds=0; planted=0
+        plant() { [ -e \"\$2\" ] || [ -L \"\$2\" ] || { ln -s \"\$1\" \"\$2\" 2>>/errs && planted=\$((planted + 1)); }; }
         while [ ! -e /stop ]; do
             for d in /mnt/$prefix*; do
                 [ \"\$d\" != /mnt/$pod ] && [ -d \"\$d\" ] || continue
-                for t in rootfs mounts mounts/0 mounts/1 mounts/2; do
-                    ln -s $VICTIM_DIR \"\$d/\$t\" 2>>/errs && planted=\$((planted + 1))
+                plant $VICTIM_DIR \"\$d/rootfs\"
+                plant $VICTIM_DIR \"\$d/mounts\"
+                for m in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+                    plant $VICTIM_FILE \"\$d/mounts/\$m\"
                 done
-                ln -s $VICTIM_FILE \"\$d/mounts/2\" 2>>/errs && planted=\$((planted + 1))
-            done
-            for n in \$(seq 1 ${E2E_SHARE_CYCLES:-20}); do
-                ln -s $VICTIM_DIR /mnt/$prefix\$n-next 2>>/errs && planted=\$((planted + 1))
             done
             rounds=\$((rounds + 1))
         done
@@ -102,8 +104,9 @@ t_share_rename_during_delete() {
     mount -t tmpfs hostile-outside "$outside/rootfs" || bad "cannot mount the test's tmpfs"
     echo mark >"$outside/rootfs/mark"
     before=$(host_mounts_outside "$pod")
-    trap 'umount -l "$outside/rootfs" 2>/dev/null; _remove_test_containers' EXIT
-    for i in $(seq 1 "${E2E_SHARE_CYCLES:-20}"); do
+    SHARE_OUTSIDE_MOUNT=$outside/rootfs
+    trap 'umount -l "$SHARE_OUTSIDE_MOUNT" 2>/dev/null; _remove_test_containers' EXIT
+    for i in $(seq 1 "${E2E_SHARE_RENAMES:-10}"); do
         id=$(tid "$i")
         ids+=("$id")
         RUN_OPTS=(--mount "type=bind,src=$vol,dst=/data,options=rbind:ro")
