@@ -87,6 +87,9 @@ impl containerd_shim::Shim for Service {
                 self.id
             );
         } else {
+            // A killed shim could not remove its socket; the next shim of
+            // this pod would find it in the way.
+            remove_socket(&address);
             let dir = sizing::sandbox_dir(&group);
             cleanup_dead_sandbox(&dir);
             // After the VMM is gone: its cgroup is empty now.
