@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod devtool;
+pub mod host_cgroup;
 pub mod hybrid_vsock;
 pub mod mount;
 pub mod sandbox;

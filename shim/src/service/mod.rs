@@ -74,7 +74,7 @@ impl containerd_shim::Shim for Service {
 
     /// Runs after the shim is gone (crashed or killed): its VM went with it
     /// (the VMM dies with the shim), so what is left is the sandbox's
-    /// mounts and directory.
+    /// mounts and directory, and the host cgroups made for the pod.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = PathBuf::from(".");
         let group = grouping(&bundle, &self.id);
@@ -87,7 +87,20 @@ impl containerd_shim::Shim for Service {
                 self.id
             );
         } else {
-            cleanup_dead_sandbox(&sizing::sandbox_dir(&group));
+            // A killed shim could not remove its socket; the next shim of
+            // this pod would find it in the way.
+            remove_socket(&address);
+            let dir = sizing::sandbox_dir(&group);
+            cleanup_dead_sandbox(&dir);
+            // After the VMM is gone: its cgroup is empty now.
+            let record = crate::host_cgroup::record_path(&dir);
+            if let Err(e) = crate::host_cgroup::remove_recorded(&record) {
+                log::warn!(
+                    "cleaning up the pod cgroups of {}: {}",
+                    self.id,
+                    crate::error_chain(&e)
+                );
+            }
         }
         Ok(DeleteResponse {
             exit_status: DEAD_SHIM_EXIT_STATUS,

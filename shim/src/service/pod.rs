@@ -33,6 +33,7 @@ use super::stdio::{Bridge, StdioPaths};
 use crate::agent_client::containers::{AgentEvent, Exit};
 use crate::agent_client::AgentError;
 use crate::config::{self, Config, ConfigLocation};
+use crate::host_cgroup::{self, PodCgroup};
 use crate::mount::MountSource;
 use crate::sandbox::{Sandbox, GUEST_SHARED_DIR};
 
@@ -240,6 +241,9 @@ enum SandboxSlot {
 
 struct PodState {
     sandbox: SandboxSlot,
+    /// The host cgroup the shim and the VMM run in while the VM is up;
+    /// left once the VM is stopped.
+    host_cgroup: Option<PodCgroup>,
     config: Option<Config>,
     containers: HashMap<String, Container>,
 }
@@ -279,6 +283,7 @@ impl Pod {
             debug,
             state: Mutex::new(PodState {
                 sandbox: SandboxSlot::None,
+                host_cgroup: None,
                 config: None,
                 containers: HashMap::new(),
             }),
@@ -457,6 +462,13 @@ impl Pod {
             sized.hypervisor.memory_mib,
             dir.display()
         );
+        // Before the VMM is spawned: it and all its threads start there.
+        let refused = |e| match e {
+            host_cgroup::HostCgroupError::Path(e) => TaskError::invalid(e.to_string()),
+            e => TaskError::from_error("cannot put the pod in its host cgroup", &e),
+        };
+        let cgroup = host_cgroup::enter_for_sandbox(host_spec, &dir, sized.hypervisor.memory_mib)
+            .map_err(refused)?;
         let me = self.me.clone();
         let on_exit = Box::new(move |how: String| {
             if let Some(pod) = me.upgrade() {
@@ -464,14 +476,17 @@ impl Pod {
             }
         });
         let booting = Instant::now();
-        let sandbox = Sandbox::start(&sandbox_id, &dir, &sized, on_exit)
-            .map(Arc::new)
-            .map_err(|e| {
-                TaskError::new(
+        let sandbox = match Sandbox::start(&sandbox_id, &dir, &sized, on_exit) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // The VMM is gone again: nothing is left in the cgroup.
+                host_cgroup::leave_logged(Some(cgroup));
+                return Err(TaskError::new(
                     Code::UNAVAILABLE,
                     format!("cannot start the pod's VM: {}", crate::error_chain(&e)),
-                )
-            })?;
+                ));
+            }
+        };
         log::info!(
             "pod {sandbox_id}: VM up, agent answered {} ms after the VMM was started",
             booting.elapsed().as_millis()
@@ -479,6 +494,7 @@ impl Pod {
         {
             let mut state = self.lock();
             state.sandbox = SandboxSlot::Running(sandbox.clone());
+            state.host_cgroup = Some(cgroup);
             state.config = Some(config);
         }
         self.spawn_event_loop(sandbox.clone())
@@ -786,12 +802,13 @@ impl Pod {
     /// containers stay (stopped) until containerd deletes them.
     fn vm_died(&self, how: String) {
         log::error!("{how}");
-        let (sandbox, files) = {
+        let (sandbox, files, cgroup) = {
             let mut state = self.lock();
             let sandbox = match std::mem::replace(&mut state.sandbox, SandboxSlot::Dead(how)) {
                 SandboxSlot::Running(s) => Some(s),
                 _ => None,
             };
+            let cgroup = state.host_cgroup.take();
             let mut files = Vec::new();
             let ids: Vec<String> = state.containers.keys().cloned().collect();
             for id in ids {
@@ -816,9 +833,11 @@ impl Pod {
                     self.publish_exit(&id, &exec_id, &exit);
                 }
             }
-            (sandbox, files)
+            (sandbox, files, cgroup)
         };
         // Not on this (the monitor) thread: stopping the sandbox joins it.
+        // A new boot waits for it (`stopping`): the shim must have left
+        // this pod cgroup before it enters the next one.
         let cleanup = thread::Builder::new()
             .name("vm-cleanup".into())
             .spawn(move || {
@@ -832,9 +851,15 @@ impl Pod {
                         log::error!("cleaning up after the VM died: {}", crate::error_chain(&e));
                     }
                 }
+                host_cgroup::leave_logged(cgroup);
             });
-        if let Err(e) = cleanup {
-            log::error!("cannot start the cleanup thread: {e}");
+        match cleanup {
+            Ok(handle) => self
+                .stopping
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(handle),
+            Err(e) => log::error!("cannot start the cleanup thread: {e}"),
         }
     }
 
@@ -982,20 +1007,28 @@ impl Pod {
     /// before booting again, and the shim waits for it before exiting
     /// ([`Pod::finish`]).
     fn stop_sandbox_if_empty(&self) {
-        let sandbox = {
+        let (sandbox, cgroup) = {
             let mut state = self.lock();
             if !state.containers.is_empty() {
                 return;
             }
+            let cgroup = state.host_cgroup.take();
             match std::mem::replace(&mut state.sandbox, SandboxSlot::None) {
-                SandboxSlot::Running(s) => s,
-                _ => return,
+                SandboxSlot::Running(s) => (s, cgroup),
+                _ => {
+                    drop(state);
+                    host_cgroup::leave_logged(cgroup);
+                    return;
+                }
             }
         };
-        let in_thread = sandbox.clone();
+        // The cgroup is left after the VM is stopped, by the stop thread
+        // or, if it cannot start, right here: the job goes to one of them.
+        let stop = Arc::new(Mutex::new(Some((sandbox, cgroup))));
+        let in_thread = stop.clone();
         let stopper = thread::Builder::new()
             .name("vm-stop".into())
-            .spawn(move || stop_sandbox(&in_thread));
+            .spawn(move || stop_and_leave(&in_thread));
         match stopper {
             Ok(handle) => self
                 .stopping
@@ -1004,7 +1037,7 @@ impl Pod {
                 .push(handle),
             Err(e) => {
                 log::warn!("cannot stop the VM in the background ({e}); stopping it now");
-                stop_sandbox(&sandbox);
+                stop_and_leave(&stop);
             }
         }
     }
@@ -1178,11 +1211,18 @@ impl Pod {
     }
 }
 
-fn stop_sandbox(sandbox: &Sandbox) {
+type StopJob = Mutex<Option<(Arc<Sandbox>, Option<PodCgroup>)>>;
+
+/// Stops the VM, then leaves its cgroup; once, whoever calls it first.
+fn stop_and_leave(job: &StopJob) {
+    let Some((sandbox, cgroup)) = job.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        return;
+    };
     log::info!("pod {}: last container gone, stopping its VM", sandbox.id());
     if let Err(e) = sandbox.stop() {
         log::error!("stopping the pod's VM: {}", crate::error_chain(&e));
     }
+    host_cgroup::leave_logged(cgroup);
 }
 
 fn find<'a>(state: &'a PodState, id: &str) -> TaskResult<&'a Container> {

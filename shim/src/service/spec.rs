@@ -163,7 +163,8 @@ fn rewrite_linux(linux: &mut Map<String, Value>, dropped: &mut Vec<String>) {
             devices.clear();
         }
     }
-    // The cgroup is the agent's choice inside the guest.
+    // A host cgroup path means nothing in the guest, where the agent makes
+    // the container cgroups; on the host it is the pod's (host_cgroup).
     linux.remove("cgroupsPath");
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
         namespaces.retain_mut(|ns| {
