@@ -30,6 +30,25 @@ vmm_limits_config() {  # OUT KEY=VALUE...
             bad "cannot set ${kv%%=*} in $out: the suite's configuration has no [hypervisor] section"
     done
 }
+# Guest root with the whole share at /mnt, as the runner's start_attacker,
+# but making /mnt first (the busybox image has none) and with its log,
+# /attack.log, read on the host through the share (its path is left in
+# VMM_LIMITS_ATTACK_LOG): a guest at its open-file cap cannot run the
+# `cat` that attack_log does.
+vmm_limits_start_attacker() {  # POD SCRIPT
+    local log=/run/palisade/$1/shared/$1/rootfs/attack.log
+    VMM_LIMITS_ATTACK_LOG=$log
+    RUN_OPTS=(--privileged)
+    start_in_pod "$1" "$1" sh -c "mkdir -p /mnt && mount -t virtiofs palisade /mnt || { echo MOUNT-FAILED >/attack.log; sleep 100000; }
+echo MOUNTED >/attack.log
+( $2 ) >>/attack.log 2>&1
+echo ATTACK-DONE >>/attack.log
+sleep 100000"
+    RUN_OPTS=()
+    wait_until 60 grep -q -e MOUNTED -e MOUNT-FAILED "$log" ||
+        bad "the attacker's log did not appear at $log on the host"
+    grep -q MOUNTED "$log" || bad "the attacker could not mount the share: $(cat "$log")"
+}
 vmm_limits_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 vmm_limits_fds() { local f=("/proc/$1/fd/"*); echo "${#f[@]}"; }
 
@@ -95,24 +114,23 @@ t_fd_exhaustion() {
     # signal from the test and runs no program (exec opens the binary):
     # it waits on a FIFO in its /dev (a tmpfs, not the share), holds 7
     # files open to close when it lets go (room for rm to run), holds the
-    # cap for 20 s and then lets go by itself. Its log is read on the host
-    # through the share.
-    start_attacker "$pod" "$pod" "
+    # cap for 20 s and then lets go by itself. Files are made with `true`,
+    # not `:`: a failed redirection of a special built-in ends the shell.
+    vmm_limits_start_attacker "$pod" "
         d=/mnt/$pod/rootfs/tmp/fd-flood
         mkdir -p \$d && mkfifo /dev/fd-flood-wait || exit 1
-        for n in 3 4 5 6 7 8 9; do : >\$d/keep\$n; done
+        for n in 3 4 5 6 7 8 9; do true >\$d/keep\$n; done
         exec 3<\$d/keep3 4<\$d/keep4 5<\$d/keep5 6<\$d/keep6 7<\$d/keep7 8<\$d/keep8 9<\$d/keep9
         while [ ! -e /go ]; do read -t 1 x <>/dev/fd-flood-wait; done
         i=0
-        while [ \$i -lt $bound ] && : >\$d/f\$i; do i=\$((i + 1)); done
+        while [ \$i -lt $bound ] && true >\$d/f\$i; do i=\$((i + 1)); done
         echo CREATED \$i
         read -t 20 x <>/dev/fd-flood-wait
         exec 3<&- 4<&- 5<&- 6<&- 7<&- 8<&- 9<&-
         rm -rf \$d
         echo RELEASED"
+    attack_log=$VMM_LIMITS_ATTACK_LOG
     vmm=$(pod_vmm_pid "$pod") || bad "no VMM process for pod $pod"
-    attack_log=/run/palisade/$pod/shared/$pod/rootfs/attack.log
-    [ -f "$attack_log" ] || bad "the attacker's log is not at $attack_log on the host"
     limits=$(awk '/^Max open files/ { print $4, $5 }' "/proc/$vmm/limits")
     fds_before=$(vmm_limits_fds "$vmm")
     exec_ --exec-id "go$RANDOM" "$pod" touch /go || bad "cannot start the attack"
