@@ -134,16 +134,18 @@ pub fn new_passthrough(root_dir: &str, max_open_files: usize) -> io::Result<Shar
 /// The default for [`crate::SharedFsConfig::max_open_files`]: how many
 /// host fds the share may hold for the guest (inodes it knows plus files
 /// it has open). A Linux guest keeps every inode it looked up until its
-/// own memory runs short, and container images hold thousands to tens of
-/// thousands of files (a Python or Node image about 30 000), so a cap
-/// much below this breaks a `find`, `du` or package install that walks
-/// one. Far more buys nothing for the default 256 MiB guest, whose
-/// dentry cache comes under pressure (and forgets inodes) at about this
-/// many. On the host each fd pins a `struct file` plus the dentry and
-/// inode behind it, about 2.5 KiB of unreclaimable kernel memory through
-/// overlayfs, so a hostile guest can hold about 160 MiB and 65 536 of
-/// `fs.file-max` (2.4 M on a 24 GiB host) instead of 2^20 fds: dense hosts
-/// lower it in configuration.toml.
+/// own memory runs short, and an image with a language runtime and its
+/// packages holds tens of thousands of files, so a cap much below this
+/// breaks a `find`, `du` or package install that walks one. Much more
+/// would rarely be used by the default 256 MiB guest: its own cost is
+/// about 1.1 KiB a FUSE inode and dentry (slab sizes), so 65 536 of them
+/// are over a quarter of its memory and reclaim (which forgets them)
+/// sets in around there. On the host each fd pins a `struct file` and
+/// the dentry and inodes behind it, roughly 2.5 KiB of unreclaimable
+/// kernel memory through overlayfs (slab sizes again, not measured), so a
+/// hostile guest can hold about 160 MiB and 65 536 of `fs.file-max`
+/// (2.4 M on a 24 GiB host) instead of 2^20 fds: dense hosts lower it in
+/// configuration.toml.
 pub const DEFAULT_MAX_OPEN_FILES: usize = 65_536;
 
 /// The VMM's fds beyond those the share holds for the guest, which
