@@ -27,16 +27,36 @@ pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// guest under nested emulation needs several seconds more, which is why
 /// the key exists.
 pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 5000;
+/// The VMM's own default; why this many is said there
+/// (`palisade_vmm::DEFAULT_MAX_OPEN_FILES`) and in configuration.toml.
+pub const DEFAULT_VIRTIO_FS_MAX_OPEN_FILES: u32 = palisade_vmm::DEFAULT_MAX_OPEN_FILES as u32;
+pub const DEFAULT_CONSOLE_LOG_MAX_KIB: u32 =
+    (palisade_vmm::DEFAULT_CONSOLE_LOG_MAX_BYTES / 1024) as u32;
 
 pub const VCPUS_RANGE: RangeInclusive<i64> = 1..=32;
 /// 64 MiB is about the least a kernel plus the agent initramfs boots in.
 pub const MEMORY_MIB_RANGE: RangeInclusive<i64> = 64..=65536;
 pub const DIAL_TIMEOUT_MS_RANGE: RangeInclusive<i64> = 100..=600_000;
+/// Below 64 a guest cannot even start a container from its share; above a
+/// million, RLIMIT_NOFILE (the cap plus the VMM's reserve) would pass the
+/// kernel's default `fs.nr_open` of 2^20.
+pub const VIRTIO_FS_MAX_OPEN_FILES_RANGE: RangeInclusive<i64> = 64..=1_000_000;
+/// 16 KiB keeps the last lines a failed boot needs (the shim shows 8 KiB
+/// of them); 1 GiB is as much as anyone should keep in RAM-backed /run.
+pub const CONSOLE_LOG_MAX_KIB_RANGE: RangeInclusive<i64> = 16..=1_048_576;
 /// The x86 kernel command line holds 2048 bytes; the VMM appends its own
 /// console and virtio-mmio device parameters, so users get half.
 pub const KERNEL_PARAMS_MAX_LEN: usize = 1024;
 
-const HYPERVISOR_KEYS: &[&str] = &["kernel", "initrd", "kernel_params", "vcpus", "memory_mib"];
+const HYPERVISOR_KEYS: &[&str] = &[
+    "kernel",
+    "initrd",
+    "kernel_params",
+    "vcpus",
+    "memory_mib",
+    "virtio_fs_max_open_files",
+    "console_log_max_kib",
+];
 const AGENT_KEYS: &[&str] = &["dial_timeout_ms"];
 const RUNTIME_KEYS: &[&str] = &["enable_debug"];
 const SECTIONS: &[&str] = &["hypervisor", "agent", "runtime"];
@@ -74,6 +94,16 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// Most host fds the VMM's virtio-fs server holds for the guest.
+    pub virtio_fs_max_open_files: u32,
+    /// Most bytes, in KiB, of `console.log` and `console.log.1` together.
+    pub console_log_max_kib: u32,
+}
+
+impl HypervisorConfig {
+    pub fn console_log_max_bytes(&self) -> u64 {
+        u64::from(self.console_log_max_kib) * 1024
+    }
 }
 
 impl Default for HypervisorConfig {
@@ -84,6 +114,8 @@ impl Default for HypervisorConfig {
             kernel_params: String::new(),
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
+            virtio_fs_max_open_files: DEFAULT_VIRTIO_FS_MAX_OPEN_FILES,
+            console_log_max_kib: DEFAULT_CONSOLE_LOG_MAX_KIB,
         }
     }
 }
@@ -356,6 +388,20 @@ fn parse_hypervisor(
             "memory_mib" => {
                 let n = field.named("memory_mib").integer_in(MEMORY_MIB_RANGE)?;
                 out.memory_mib = u32::try_from(n).expect("range checked against MEMORY_MIB_RANGE");
+            }
+            "virtio_fs_max_open_files" => {
+                let n = field
+                    .named("virtio_fs_max_open_files")
+                    .integer_in(VIRTIO_FS_MAX_OPEN_FILES_RANGE)?;
+                out.virtio_fs_max_open_files =
+                    u32::try_from(n).expect("range checked against VIRTIO_FS_MAX_OPEN_FILES_RANGE");
+            }
+            "console_log_max_kib" => {
+                let n = field
+                    .named("console_log_max_kib")
+                    .integer_in(CONSOLE_LOG_MAX_KIB_RANGE)?;
+                out.console_log_max_kib =
+                    u32::try_from(n).expect("range checked against CONSOLE_LOG_MAX_KIB_RANGE");
             }
             _ => return Ok(false),
         }
@@ -698,6 +744,9 @@ mod tests {
         assert_eq!(config.hypervisor.vcpus, 1);
         assert_eq!(config.hypervisor.memory_mib, 256);
         assert_eq!(config.agent.dial_timeout_ms, 5000);
+        assert_eq!(config.hypervisor.virtio_fs_max_open_files, 65536);
+        assert_eq!(config.hypervisor.console_log_max_kib, 1024);
+        assert_eq!(config.hypervisor.console_log_max_bytes(), 1 << 20);
     }
 
     #[test]
@@ -710,6 +759,8 @@ mod tests {
             kernel_params = "quiet loglevel=3"
             vcpus = 4
             memory_mib = 2048
+            virtio_fs_max_open_files = 4096
+            console_log_max_kib = 64
 
             [agent]
             dial_timeout_ms = 30000
@@ -720,6 +771,8 @@ mod tests {
         assert_eq!(config.hypervisor.kernel_params, "quiet loglevel=3");
         assert_eq!(config.hypervisor.vcpus, 4);
         assert_eq!(config.hypervisor.memory_mib, 2048);
+        assert_eq!(config.hypervisor.virtio_fs_max_open_files, 4096);
+        assert_eq!(config.hypervisor.console_log_max_kib, 64);
         assert_eq!(config.agent.dial_timeout_ms, 30000);
     }
 
@@ -763,6 +816,33 @@ mod tests {
     }
 
     #[test]
+    fn rejects_limits_out_of_range() {
+        assert_eq!(
+            parse_err("[hypervisor]\nvirtio_fs_max_open_files = 63\n"),
+            "configuration /test/configuration.toml line 2: [hypervisor] virtio_fs_max_open_files = 63: must be an integer between 64 and 1000000"
+        );
+        assert!(
+            parse_err("[hypervisor]\nvirtio_fs_max_open_files = 1000001\n").contains(
+                "virtio_fs_max_open_files = 1000001: must be an integer between 64 and 1000000"
+            )
+        );
+        assert!(
+            parse_err("[hypervisor]\nvirtio_fs_max_open_files = \"many\"\n")
+                .contains("virtio_fs_max_open_files = \"many\": must be an integer")
+        );
+        assert_eq!(
+            parse_err("[hypervisor]\nvcpus = 1\nconsole_log_max_kib = 15\n"),
+            "configuration /test/configuration.toml line 3: [hypervisor] console_log_max_kib = 15: must be an integer between 16 and 1048576"
+        );
+        assert!(parse_err("[hypervisor]\nconsole_log_max_kib = 1048577\n")
+            .contains("console_log_max_kib = 1048577:"));
+        let msg = parse_err("[hypervisor]\nconsole_log_max_kb = 64\n");
+        assert!(msg.contains("did you mean `console_log_max_kib`?"), "{msg}");
+        let msg = parse_err("virtio_fs_max_open_files = 64\n");
+        assert!(msg.contains("belongs in the [hypervisor] section"), "{msg}");
+    }
+
+    #[test]
     fn rejects_dial_timeout_out_of_range() {
         assert!(parse_err("[agent]\ndial_timeout_ms = 99\n")
             .contains("[agent] dial_timeout_ms = 99: must be an integer between 100 and 600000"));
@@ -775,7 +855,7 @@ mod tests {
     fn rejects_unknown_key_in_a_section_with_suggestion() {
         assert_eq!(
             parse_err("[hypervisor]\nkernel = \"/k\"\nvcpu = 2\n"),
-            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`); did you mean `vcpus`?"
+            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`, `virtio_fs_max_open_files`, `console_log_max_kib`); did you mean `vcpus`?"
         );
         let msg = parse_err("[agent]\nretries = 3\n");
         assert!(

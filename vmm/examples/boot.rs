@@ -8,7 +8,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use palisade_vmm::{monotonic_ns, run_vm, SharedFsConfig, VmConfig, VsockConfig};
+use palisade_vmm::{
+    monotonic_ns, run_vm, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig,
+    DEFAULT_CONSOLE_LOG_MAX_BYTES, DEFAULT_MAX_OPEN_FILES,
+};
 
 /// Prints the VMM's log records (warnings and up) on stderr.
 struct StderrLog;
@@ -43,7 +46,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1),
         memory_mib: 128,
-        serial_log: Some(PathBuf::from("/dev/stdout")),
+        // Not a regular file: written without rotation.
+        serial_log: Some(SerialLogConfig {
+            path: PathBuf::from("/dev/stdout"),
+            max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
+        }),
         vsock: args.get(2).filter(|p| !p.is_empty()).map(|p| VsockConfig {
             guest_cid: 3,
             uds_path: PathBuf::from(p),
@@ -51,6 +58,7 @@ fn main() {
         shared_fs: args.get(4).map(|dir| SharedFsConfig {
             tag: "palisade".into(),
             dir: PathBuf::from(dir),
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
         }),
     };
     let events =

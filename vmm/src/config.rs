@@ -17,7 +17,7 @@ pub struct VmConfig {
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// Where the guest serial console goes; `None` discards it.
-    pub serial_log: Option<PathBuf>,
+    pub serial_log: Option<SerialLogConfig>,
     /// The virtio-vsock device, if any.
     pub vsock: Option<VsockConfig>,
     /// A host directory exported to the guest over virtio-fs, if any.
@@ -42,4 +42,20 @@ pub struct SharedFsConfig {
     pub tag: String,
     /// The exported directory (must exist).
     pub dir: PathBuf,
+    /// Most host fds the server holds for the guest (inodes it knows plus
+    /// files it has open); beyond it the guest gets ENFILE. RLIMIT_NOFILE
+    /// is set to this plus the VMM's own reserve.
+    pub max_open_files: usize,
+}
+
+/// The guest console's log file. The guest writes the serial port at
+/// will, so the log is rotated: when `path` would grow past half of
+/// `max_bytes` it becomes `path.1` (replacing the previous one) and a new
+/// `path` is started, so both together stay within `max_bytes` and the
+/// newest output is always kept. A path that is not a regular file (a
+/// terminal, `/dev/stdout`) is written as it is, without rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialLogConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
 }

@@ -14,7 +14,11 @@ pub mod event_loop;
 mod vmm;
 pub mod vstate;
 
-pub use config::{SharedFsConfig, VmConfig, VsockConfig};
+pub use config::{SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig};
+pub use devices::legacy::console_log::{
+    rotated_path as rotated_console_log, DEFAULT_MAX_BYTES as DEFAULT_CONSOLE_LOG_MAX_BYTES,
+};
+pub use devices::virtio::fs::passthrough::{DEFAULT_MAX_OPEN_FILES, OPEN_FILE_RESERVE};
 
 /// What the VMM reports while the VM boots and runs. Timestamps are
 /// CLOCK_MONOTONIC nanoseconds, comparable across processes on one host.

@@ -1,9 +1,7 @@
 //! Builds a VM from a [`VmConfig`], runs it, and tears it down.
 
-use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -16,7 +14,9 @@ use vmm_sys_util::signal::Killable;
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
 use crate::devices::bus::{lock, Bus, BusDevice, OverlapError};
-use crate::devices::legacy::{BootSignalPort, EventFdTrigger, ResetController, SerialConsole};
+use crate::devices::legacy::{
+    BootSignalPort, ConsoleLog, EventFdTrigger, ResetController, SerialConsole,
+};
 use crate::devices::virtio::fs::{self as virtio_fs, VirtioFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
@@ -24,7 +24,7 @@ use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{Control, EventLoop};
 use crate::vstate::vcpu::{self, VcpuShared, VcpuStop};
 use crate::vstate::{memory, vm};
-use crate::{EventSink, VmConfig, VmExit, BOOT_SIGNAL_PORT};
+use crate::{EventSink, SerialLogConfig, SharedFsConfig, VmConfig, VmExit, BOOT_SIGNAL_PORT};
 
 /// The command line every palisade guest gets before the user's: console
 /// on the 8250, reset through the i8042 (the VMM's exit), reboot at once
@@ -127,16 +127,13 @@ fn stop_signals_fd() -> Result<OwnedFd, Error> {
     }
 }
 
-fn serial_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>, Error> {
-    match path {
+fn serial_output(log: Option<&SerialLogConfig>) -> Result<Box<dyn Write + Send>, Error> {
+    match log {
         None => Ok(Box::new(std::io::sink())),
-        Some(p) => {
-            let file = File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|source| Error::SerialLog {
-                    path: p.display().to_string(),
+        Some(log) => {
+            let file =
+                ConsoleLog::open(&log.path, log.max_bytes).map_err(|source| Error::SerialLog {
+                    path: log.path.display().to_string(),
                     source,
                 })?;
             Ok(Box::new(LineWriter::new(file)))
@@ -160,7 +157,7 @@ fn legacy_devices(
         })?;
     let serial = SerialConsole::new(
         EventFdTrigger(serial_irq),
-        serial_output(config.serial_log.as_deref())?,
+        serial_output(config.serial_log.as_ref())?,
     );
     use crate::devices::legacy::{i8042, serial as com};
     pio.insert(
@@ -180,6 +177,31 @@ fn legacy_devices(
         1,
     )?;
     Ok(pio)
+}
+
+/// Sets RLIMIT_NOFILE for the share's cap (see
+/// [`virtio_fs::passthrough::limit_open_files`]) and returns the share's
+/// configuration with the cap lowered to what the limit allows, so the
+/// guest gets ENFILE from the cap before any open hits the limit.
+fn with_open_file_limit(config: &SharedFsConfig) -> SharedFsConfig {
+    use virtio_fs::passthrough::{cap_within_limit, limit_open_files};
+    let wanted = config.max_open_files;
+    let cap = match limit_open_files(wanted) {
+        Ok(limit) => cap_within_limit(wanted, limit),
+        Err(e) => {
+            log::warn!("virtio-fs: cannot set the open file limit: {e}");
+            wanted
+        }
+    };
+    if cap < wanted {
+        log::warn!(
+            "virtio-fs: RLIMIT_NOFILE leaves room for {cap} open files, not the {wanted} configured; the guest gets ENFILE beyond {cap}"
+        );
+    }
+    SharedFsConfig {
+        max_open_files: cap.max(1),
+        ..config.clone()
+    }
 }
 
 /// Puts a virtio device on the MMIO bus with its interrupt and queue
@@ -254,14 +276,8 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
         // After the vsock device: exporting a directory sets the process
         // umask to 0 (see `passthrough::new_passthrough`), and the vsock
         // socket is made with the VMM's own umask.
-        match virtio_fs::passthrough::raise_open_file_limit() {
-            Ok(n) if n < virtio_fs::passthrough::OPEN_FILE_LIMIT_WARN => {
-                log::warn!("virtio-fs: can hold only {n} open files; a guest that looks up more gets EMFILE")
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("virtio-fs: cannot raise the open file limit: {e}"),
-        }
-        let fs = Arc::new(Mutex::new(VirtioFs::new(f)?));
+        let f = with_open_file_limit(f);
+        let fs = Arc::new(Mutex::new(VirtioFs::new(&f)?));
         // This thread serves virtio-fs and starts the vCPU threads: from
         // here on no VMM thread can create device nodes in the share.
         virtio_fs::passthrough::restrict_thread_capabilities()

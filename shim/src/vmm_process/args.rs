@@ -5,7 +5,10 @@
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
-use palisade_vmm::{SharedFsConfig, VmConfig, VsockConfig};
+use palisade_vmm::{
+    SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX_BYTES,
+    DEFAULT_MAX_OPEN_FILES,
+};
 
 /// The hidden subcommand that turns either binary into a VMM process.
 pub const VMM_SUBCOMMAND: &str = "__vmm";
@@ -47,7 +50,11 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
     push("--vcpus", config.vcpus.to_string().into());
     push("--memory-mib", config.memory_mib.to_string().into());
     if let Some(serial_log) = &config.serial_log {
-        push("--serial-log", serial_log.clone().into());
+        push("--serial-log", serial_log.path.clone().into());
+        push(
+            "--serial-log-max-bytes",
+            serial_log.max_bytes.to_string().into(),
+        );
     }
     if let Some(vsock) = &config.vsock {
         push("--vsock-uds", vsock.uds_path.clone().into());
@@ -56,11 +63,17 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
     if let Some(fs) = &config.shared_fs {
         push("--shared-dir", fs.dir.clone().into());
         push("--shared-tag", fs.tag.clone().into());
+        push(
+            "--shared-max-open-files",
+            fs.max_open_files.to_string().into(),
+        );
     }
     args
 }
 
-/// Parses the arguments after the subcommand.
+/// Parses the arguments after the subcommand. The limits
+/// (`--serial-log-max-bytes`, `--shared-max-open-files`) default to the
+/// VMM's own defaults, so a VMM started by hand needs only the rest.
 pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut kernel = None;
     let mut initrd = None;
@@ -68,10 +81,12 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut vcpus = None;
     let mut memory_mib = None;
     let mut serial_log = None;
+    let mut serial_log_max_bytes = None;
     let mut vsock_uds = None;
     let mut guest_cid = None;
     let mut shared_dir = None;
     let mut shared_tag = None;
+    let mut shared_max_open_files = None;
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -82,10 +97,12 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             Some("--vcpus") => "--vcpus",
             Some("--memory-mib") => "--memory-mib",
             Some("--serial-log") => "--serial-log",
+            Some("--serial-log-max-bytes") => "--serial-log-max-bytes",
             Some("--vsock-uds") => "--vsock-uds",
             Some("--guest-cid") => "--guest-cid",
             Some("--shared-dir") => "--shared-dir",
             Some("--shared-tag") => "--shared-tag",
+            Some("--shared-max-open-files") => "--shared-max-open-files",
             _ => return Err(ArgsError::Unknown(arg.clone())),
         };
         let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
@@ -96,9 +113,17 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             "--vcpus" => set(&mut vcpus, flag, number::<u8>(flag, value)?)?,
             "--memory-mib" => set(&mut memory_mib, flag, number::<u32>(flag, value)?)?,
             "--serial-log" => set(&mut serial_log, flag, PathBuf::from(value))?,
+            "--serial-log-max-bytes" => {
+                set(&mut serial_log_max_bytes, flag, number::<u64>(flag, value)?)?
+            }
             "--vsock-uds" => set(&mut vsock_uds, flag, PathBuf::from(value))?,
             "--shared-dir" => set(&mut shared_dir, flag, PathBuf::from(value))?,
             "--shared-tag" => set(&mut shared_tag, flag, utf8(flag, value)?)?,
+            "--shared-max-open-files" => set(
+                &mut shared_max_open_files,
+                flag,
+                number::<usize>(flag, value)?,
+            )?,
             _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
     }
@@ -114,7 +139,17 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     // The two go together: a tag without a directory, or the reverse, is a
     // supervisor bug, not something to default.
     let shared_fs = match (shared_dir, shared_tag) {
-        (Some(dir), Some(tag)) => Some(SharedFsConfig { tag, dir }),
+        (Some(dir), Some(tag)) => Some(SharedFsConfig {
+            tag,
+            dir,
+            max_open_files: positive(
+                "--shared-max-open-files",
+                shared_max_open_files.unwrap_or(DEFAULT_MAX_OPEN_FILES),
+            )?,
+        }),
+        (None, None) if shared_max_open_files.is_some() => {
+            return Err(ArgsError::Required("--shared-dir"))
+        }
         (None, None) => None,
         (Some(_), None) => return Err(ArgsError::Required("--shared-tag")),
         (None, Some(_)) => return Err(ArgsError::Required("--shared-dir")),
@@ -125,7 +160,17 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
         kernel_params: kernel_params.unwrap_or_default(),
         vcpus,
         memory_mib: memory_mib.ok_or(ArgsError::Required("--memory-mib"))?,
-        serial_log,
+        serial_log: match (serial_log, serial_log_max_bytes) {
+            (Some(path), max_bytes) => Some(SerialLogConfig {
+                path,
+                max_bytes: positive(
+                    "--serial-log-max-bytes",
+                    max_bytes.unwrap_or(DEFAULT_CONSOLE_LOG_MAX_BYTES),
+                )?,
+            }),
+            (None, Some(_)) => return Err(ArgsError::Required("--serial-log")),
+            (None, None) => None,
+        },
         vsock: vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: guest_cid.unwrap_or(GUEST_CID),
             uds_path,
@@ -140,6 +185,18 @@ fn set<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), Args
     }
     *slot = Some(value);
     Ok(())
+}
+
+/// A limit of zero would refuse everything: a supervisor bug.
+fn positive<T: Default + PartialEq + ToString>(flag: &'static str, n: T) -> Result<T, ArgsError> {
+    if n == T::default() {
+        return Err(ArgsError::Invalid {
+            flag,
+            value: n.to_string().into(),
+            reason: "must be at least 1",
+        });
+    }
+    Ok(n)
 }
 
 fn utf8(flag: &'static str, value: &OsStr) -> Result<String, ArgsError> {
@@ -179,7 +236,10 @@ mod tests {
             kernel_params: "quiet a=b".into(),
             vcpus: 2,
             memory_mib: 512,
-            serial_log: Some("/run/palisade/x/console.log".into()),
+            serial_log: Some(SerialLogConfig {
+                path: "/run/palisade/x/console.log".into(),
+                max_bytes: 65536,
+            }),
             vsock: Some(VsockConfig {
                 guest_cid: 3,
                 uds_path: "/run/palisade/x/vsock.sock".into(),
@@ -187,6 +247,7 @@ mod tests {
             shared_fs: Some(SharedFsConfig {
                 tag: "palisade".into(),
                 dir: "/run/palisade/x/shared".into(),
+                max_open_files: 512,
             }),
         }
     }
@@ -219,7 +280,8 @@ mod tests {
             config.shared_fs,
             Some(SharedFsConfig {
                 tag: "t".into(),
-                dir: "/s".into()
+                dir: "/s".into(),
+                max_open_files: DEFAULT_MAX_OPEN_FILES,
             })
         );
         assert_eq!(
@@ -234,6 +296,61 @@ mod tests {
             with(&["--shared-tag", "t", "--shared-tag", "u"]),
             Err(ArgsError::Duplicate("--shared-tag"))
         );
+    }
+
+    #[test]
+    fn limits_default_to_the_vmms_and_need_what_they_limit() {
+        let base = ["--kernel", "/k", "--vcpus", "1", "--memory-mib", "64"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&os(&v))
+        };
+        let config = with(&["--serial-log", "/c.log"]).expect("defaults");
+        assert_eq!(
+            config.serial_log,
+            Some(SerialLogConfig {
+                path: "/c.log".into(),
+                max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
+            })
+        );
+        let config =
+            with(&["--serial-log", "/c.log", "--serial-log-max-bytes", "4096"]).expect("given");
+        assert_eq!(config.serial_log.map(|s| s.max_bytes), Some(4096));
+        let config = with(&[
+            "--shared-dir",
+            "/s",
+            "--shared-tag",
+            "t",
+            "--shared-max-open-files",
+            "300",
+        ])
+        .expect("given");
+        assert_eq!(config.shared_fs.map(|f| f.max_open_files), Some(300));
+        assert_eq!(
+            with(&["--serial-log-max-bytes", "4096"]),
+            Err(ArgsError::Required("--serial-log"))
+        );
+        assert_eq!(
+            with(&["--shared-max-open-files", "300"]),
+            Err(ArgsError::Required("--shared-dir"))
+        );
+        for zero in [
+            ["--serial-log", "/c.log", "--serial-log-max-bytes", "0"].as_slice(),
+            &[
+                "--shared-dir",
+                "/s",
+                "--shared-tag",
+                "t",
+                "--shared-max-open-files",
+                "0",
+            ],
+        ] {
+            assert!(
+                matches!(with(zero), Err(ArgsError::Invalid { reason, .. }) if reason == "must be at least 1"),
+                "{zero:?}"
+            );
+        }
     }
 
     #[test]

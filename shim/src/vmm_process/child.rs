@@ -9,6 +9,7 @@ use std::sync::Arc;
 use palisade_vmm::EventSink;
 
 use super::args::{self, VMM_SUBCOMMAND};
+use super::log_record::{OneLine, MAX_RECORD_BYTES};
 use super::protocol::VmmMessage;
 
 /// Name shown by `ps`/`top` for VMM processes; without it they show up as
@@ -57,20 +58,23 @@ fn send(message: VmmMessage) {
     let _ = out.flush();
 }
 
+/// An error chain is longer than a log record, but still bounded: it can
+/// quote what the guest did.
+const MAX_FAILURE_BYTES: usize = 4096;
+
 /// The one line the parent shows when the VMM fails.
 fn fail(message: &str) -> ExitCode {
-    let one_line: String = message
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    eprintln!("palisade-vmm: {one_line}");
+    let line = OneLine::format(MAX_FAILURE_BYTES, format_args!("{message}"));
+    eprintln!("palisade-vmm: {line}");
     ExitCode::FAILURE
 }
 
 /// The VMM's warnings (a triple fault, a malformed guest packet) go to
 /// stderr, whose tail the parent keeps and shows when the VMM ends. A
 /// hostile guest can provoke them at will, so at most [`LOG_BURST`] lines a
-/// second are written; the rest are counted and the count reported.
+/// second are written; the rest are counted and the count reported. Each
+/// is one line of at most [`MAX_RECORD_BYTES`] of the record's text (see
+/// [`OneLine`]): a record can quote guest data of any size.
 struct StderrLogger {
     window: std::sync::Mutex<LogWindow>,
 }
@@ -126,11 +130,19 @@ impl log::Log for StderrLogger {
         if !admitted {
             return;
         }
-        let level = record.level().as_str().to_ascii_lowercase();
-        eprintln!("palisade-vmm: {level}: {}", record.args());
+        eprintln!("{}", record_line(record.level(), *record.args()));
     }
 
     fn flush(&self) {}
+}
+
+/// What one admitted record becomes on stderr.
+fn record_line(level: log::Level, args: std::fmt::Arguments<'_>) -> String {
+    let level = level.as_str().to_ascii_lowercase();
+    format!(
+        "palisade-vmm: {level}: {}",
+        OneLine::format(MAX_RECORD_BYTES, args)
+    )
 }
 
 fn install_logger() {
@@ -164,6 +176,23 @@ fn set_process_name() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_becomes_one_bounded_line() {
+        let guest_buffer = "\n\x1b[31m".repeat(1 << 20);
+        let line = record_line(
+            log::Level::Warn,
+            format_args!("virtio-fs: bad request {guest_buffer}"),
+        );
+        assert!(line.starts_with("palisade-vmm: warn: virtio-fs: bad request \\n\\x1b[31m"));
+        assert!(
+            line.ends_with(" more bytes cut]"),
+            "{}",
+            &line[line.len() - 40..]
+        );
+        assert!(line.len() < MAX_RECORD_BYTES + 64, "{} bytes", line.len());
+        assert!(!line.contains('\n'));
+    }
 
     #[test]
     fn log_lines_are_limited_per_second_and_the_rest_counted() {

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod child;
+mod log_record;
 pub mod protocol;
 mod supervisor;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use palisade_vmm::VmExit;
-use palisade_vmm::{SharedFsConfig, VmConfig, VsockConfig};
+use palisade_vmm::{SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig};
 
 use super::args::{self, GUEST_CID, VMM_SUBCOMMAND};
 use super::protocol::{read_line_bounded, Line, VmmMessage, MAX_LINE_LEN};
@@ -251,7 +251,10 @@ impl VmmProcess {
             kernel_params: hypervisor.kernel_params.clone(),
             vcpus: hypervisor.vcpus,
             memory_mib: hypervisor.memory_mib,
-            serial_log: Some(console_log.clone()),
+            serial_log: Some(SerialLogConfig {
+                path: console_log.clone(),
+                max_bytes: hypervisor.console_log_max_bytes(),
+            }),
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: vsock_socket.clone(),
@@ -259,6 +262,7 @@ impl VmmProcess {
             shared_fs: Some(SharedFsConfig {
                 tag: SHARED_FS_TAG.to_owned(),
                 dir: shared_dir.to_owned(),
+                max_open_files: hypervisor.virtio_fs_max_open_files as usize,
             }),
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];

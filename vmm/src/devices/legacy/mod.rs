@@ -2,10 +2,12 @@
 //! and palisade's boot-signal port.
 
 mod boot_signal;
+pub mod console_log;
 pub mod i8042;
 pub mod serial;
 
 pub use boot_signal::BootSignalPort;
+pub use console_log::ConsoleLog;
 pub use i8042::ResetController;
 pub use serial::SerialConsole;
 

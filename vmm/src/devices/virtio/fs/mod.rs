@@ -15,6 +15,7 @@
 //!
 //! What the guest can and cannot reach is documented in [`passthrough`].
 
+pub mod open_files;
 pub mod passthrough;
 pub mod shared_dir;
 
@@ -79,6 +80,8 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("virtio-fs may hold 0 open files: the guest could not even look up a file; allow at least one")]
+    NoOpenFiles,
     #[error("cannot create the virtio-fs queue events: {0}")]
     QueueEvents(#[source] std::io::Error),
 }
@@ -109,6 +112,9 @@ pub fn validate_tag(tag: &str) -> Result<(), FsError> {
 /// it must not depend on the working directory.
 pub fn validate(config: &SharedFsConfig) -> Result<PathBuf, FsError> {
     validate_tag(&config.tag)?;
+    if config.max_open_files == 0 {
+        return Err(FsError::NoOpenFiles);
+    }
     let dir = std::fs::canonicalize(&config.dir).map_err(|source| FsError::Dir {
         path: config.dir.clone(),
         source,
@@ -183,7 +189,7 @@ impl VirtioFs {
         let root = dir.to_str().ok_or_else(|| FsError::NotUtf8 {
             path: config.dir.clone(),
         })?;
-        let fs = new_passthrough(root)
+        let fs = new_passthrough(root, config.max_open_files)
             .map(Arc::new)
             .map_err(|source| FsError::Passthrough {
                 path: config.dir.clone(),
@@ -210,6 +216,12 @@ impl VirtioFs {
     /// The exported directory, canonicalized.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Host fds held for the guest now, and the cap on them.
+    pub fn open_files(&self) -> (usize, usize) {
+        let files = self.fs.open_files();
+        (files.in_use(), files.cap())
     }
 
     /// Serves every request the guest has queued on `index`.

@@ -41,6 +41,11 @@
 //!   whiteouts, character device 0:0, need no capability and still work);
 //!   FIFOs and sockets can be created, but the server never opens them
 //!   (see `OPEN` above), so a FIFO cannot block the VMM.
+//! - Host file descriptors: every inode the guest knows is an `O_PATH` fd
+//!   and every file it has open one more, for as long as the guest likes.
+//!   [`super::open_files`] caps them per VMM (ENFILE for the guest beyond
+//!   the cap) and [`limit_open_files`] sets RLIMIT_NOFILE just above the
+//!   cap, so one pod cannot exhaust the host's file table.
 //! - Extended attributes are off, so the guest cannot set
 //!   `security.capability` (file capabilities) or `trusted.*` attributes;
 //!   CAP_SETFCAP is dropped as well.
@@ -75,6 +80,7 @@ use caps::{CapSet, Capability};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 use super::shared_dir::SharedDir;
+use crate::arch::mptable::MAX_VCPUS;
 
 /// What [`new_passthrough`] returns: the passthrough (its bitmap type
 /// matching guest memory without dirty tracking) with the connection
@@ -112,47 +118,68 @@ pub fn passthrough_config(root_dir: &str) -> Config {
     }
 }
 
-/// Builds the passthrough file system and opens its root.
+/// Builds the passthrough file system and opens its root; it holds at most
+/// `max_open_files` host fds for the guest (see [`super::open_files`]).
 ///
 /// Side effect, from the library: the *process* umask becomes 0, so the
 /// modes the guest asks for are applied exactly. The VMM creates its own
-/// files (console log, vsock socket) before any virtio-fs device exists.
-pub fn new_passthrough(root_dir: &str) -> io::Result<SharedDirFs> {
+/// files (console log, vsock socket) with explicit modes or before any
+/// virtio-fs device exists.
+pub fn new_passthrough(root_dir: &str, max_open_files: usize) -> io::Result<SharedDirFs> {
     let fs: PassthroughFs<()> = PassthroughFs::new(passthrough_config(root_dir))?;
     fs.import()?;
-    Ok(SharedDir::new(fs))
+    Ok(SharedDir::new(fs, max_open_files))
 }
 
-/// How many files the VMM may hold open: every inode the guest has looked
-/// up is an `O_PATH` fd until the guest forgets it (and the guest keeps
-/// what it has cached), plus one per open file. A container image has
-/// thousands of files; at the usual soft limit of 1024 the guest's creates
-/// and lookups start failing with EMFILE after about a thousand, as they
-/// did in the container benchmark. virtiofsd raises its limit the same way.
-pub const OPEN_FILE_LIMIT: u64 = 1 << 20;
-/// Below this the limit is worth a warning: a big image can exhaust it.
-pub const OPEN_FILE_LIMIT_WARN: u64 = 1 << 16;
+/// The default for [`crate::SharedFsConfig::max_open_files`]: how many
+/// host fds the share may hold for the guest (inodes it knows plus files
+/// it has open). A Linux guest keeps every inode it looked up until its
+/// own memory runs short, and an image with a language runtime and its
+/// packages holds tens of thousands of files, so a cap much below this
+/// breaks a `find`, `du` or package install that walks one. Much more
+/// would rarely be used by the default 256 MiB guest: its own cost is
+/// about 1.1 KiB a FUSE inode and dentry (slab sizes), so 65 536 of them
+/// are over a quarter of its memory and reclaim (which forgets them)
+/// sets in around there. On the host each fd pins a `struct file` and
+/// the dentry and inodes behind it, roughly 2.5 KiB of unreclaimable
+/// kernel memory through overlayfs (slab sizes again, not measured), so a
+/// hostile guest can hold about 160 MiB and 65 536 of `fs.file-max`
+/// (2.4 M on a 24 GiB host) instead of 2^20 fds: dense hosts lower it in
+/// configuration.toml.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 65_536;
 
-/// Raises the process's RLIMIT_NOFILE towards [`OPEN_FILE_LIMIT`] (capped
-/// by fs.nr_open): both limits if allowed (root, CAP_SYS_RESOURCE), else
-/// the soft limit to the hard one. Returns the soft limit now in force.
-pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit to a valid pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(OPEN_FILE_LIMIT);
-    let wanted = OPEN_FILE_LIMIT.min(nr_open).max(lim.rlim_max);
-    if lim.rlim_cur >= wanted {
-        return Ok(lim.rlim_cur);
-    }
+/// The VMM's fds beyond those the share holds for the guest, which
+/// RLIMIT_NOFILE must leave room for so the VMM never runs short itself:
+/// - the vsock device's host connections, at most
+///   [`vsock::backend::MAX_CONNECTIONS`], and its listening socket;
+/// - one fd per vCPU, at most [`MAX_VCPUS`];
+/// - [`OWN_FDS`] for the rest (see there).
+///
+/// [`vsock::backend::MAX_CONNECTIONS`]: crate::devices::virtio::vsock::backend::MAX_CONNECTIONS
+pub const OPEN_FILE_RESERVE: usize =
+    crate::devices::virtio::vsock::backend::MAX_CONNECTIONS + MAX_VCPUS as usize + OWN_FDS;
+
+/// Everything else the VMM holds, with a wide margin for what libraries
+/// open now and then: stdio (3), /dev/kvm and the VM (2), the epoll set,
+/// signalfd and exit event (3), the serial interrupt and console log (2),
+/// per virtio device its interrupt and queue events (vsock 4, virtio-fs
+/// 3), the passthrough's root and /proc/self/fd (2), and the
+/// passthrough's short-lived opens while it serves a request: LOOKUP opens
+/// a name before it knows whether it holds the inode already, READDIR
+/// looks up each entry, OPEN reopens an inode through /proc/self/fd,
+/// CREATE opens the new file (requests are served one at a time, so a
+/// handful at once). About 25 in all; 128 leaves room for more devices.
+pub const OWN_FDS: usize = 128;
+
+/// Sets the process's RLIMIT_NOFILE, soft and hard, to `max_open_files`
+/// plus [`OPEN_FILE_RESERVE`]: the share's cap then fires (ENFILE for the
+/// guest) before the VMM's own opens fail, and the process cannot hold
+/// more fds than that even through a bug in the cap. Without the
+/// privilege to raise the hard limit that far, the soft limit goes to the
+/// hard one. Returns the soft limit now in force; the caller lowers the
+/// share's cap to fit it.
+pub fn limit_open_files(max_open_files: usize) -> io::Result<u64> {
+    let wanted = (max_open_files as u64).saturating_add(OPEN_FILE_RESERVE as u64);
     let both = libc::rlimit {
         rlim_cur: wanted,
         rlim_max: wanted,
@@ -161,16 +188,32 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &both) } == 0 {
         return Ok(wanted);
     }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Raising the hard limit (past fs.nr_open, or without
+    // CAP_SYS_RESOURCE) was refused: take what the hard limit allows.
     let soft = libc::rlimit {
-        rlim_cur: lim.rlim_max,
+        rlim_cur: lim.rlim_max.min(wanted),
         rlim_max: lim.rlim_max,
     };
-    // SAFETY: as above; raising the soft limit to the hard one is always
-    // allowed.
+    // SAFETY: as above; moving the soft limit within the hard one is
+    // always allowed.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_max)
+    Ok(soft.rlim_cur)
+}
+
+/// The cap the share can keep under an RLIMIT_NOFILE of `limit`.
+pub fn cap_within_limit(max_open_files: usize, limit: u64) -> usize {
+    let room = limit.saturating_sub(OPEN_FILE_RESERVE as u64);
+    max_open_files.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
 /// Capabilities the VMM's root never needs for serving a share and that a

@@ -22,6 +22,15 @@
 //! `passthrough.rs`), nor the zero-message open options (every open goes
 //! through the server's checks).
 //!
+//! It also keeps the count of host fds the passthrough holds for the
+//! guest ([`OpenFiles`]) and refuses, with ENFILE, whatever would pin one
+//! more beyond the cap: a new inode (LOOKUP, READDIRPLUS, CREATE, MKDIR,
+//! MKNOD, SYMLINK) or handle (OPEN, OPENDIR, CREATE). Operations that
+//! always make a new inode or handle are refused before they touch the
+//! host, so a refused CREATE leaves no file behind; a LOOKUP may name an
+//! inode the guest already holds, which costs nothing, so it is tried and
+//! its reference dropped again if it turns out new while at the cap.
+//!
 //! Every other call goes to the passthrough unchanged.
 
 use std::ffi::CStr;
@@ -36,6 +45,8 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::FsCacheReqHandler;
+
+use super::open_files::{cap_reached, Admission, OpenFiles};
 
 /// What the share asks for beyond the passthrough's own options.
 pub const EXTRA_OPTIONS: FsOptions = FsOptions::BIG_WRITES
@@ -53,11 +64,36 @@ type Inner = PassthroughFs<()>;
 type Inode = <Inner as FileSystem>::Inode;
 type Handle = <Inner as FileSystem>::Handle;
 
-pub struct SharedDir(Inner);
+pub struct SharedDir {
+    fs: Inner,
+    open_files: OpenFiles,
+}
 
 impl SharedDir {
-    pub fn new(inner: Inner) -> Self {
-        Self(inner)
+    /// Serves `inner`, holding at most `max_open_files` host fds for the
+    /// guest (inodes it knows plus handles it has open).
+    pub fn new(inner: Inner, max_open_files: usize) -> Self {
+        Self {
+            fs: inner,
+            open_files: OpenFiles::new(max_open_files),
+        }
+    }
+
+    pub fn open_files(&self) -> &OpenFiles {
+        &self.open_files
+    }
+
+    /// Lets a reply that reserved nothing name `entry`, or drops the
+    /// passthrough's new reference to it and refuses when it is a new
+    /// inode and the cap is reached.
+    fn admit(&self, ctx: &Context, entry: Entry) -> io::Result<Entry> {
+        match self.open_files.admit_entry(entry.inode) {
+            Admission::Admitted => Ok(entry),
+            Admission::Refused => {
+                self.fs.forget(ctx, entry.inode, 1);
+                Err(cap_reached())
+            }
+        }
     }
 }
 
@@ -72,27 +108,33 @@ impl FileSystem for SharedDir {
     type Handle = Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(negotiate(self.0.init(capable)?))
+        Ok(negotiate(self.fs.init(capable)?))
     }
 
     fn destroy(&self) {
-        self.0.destroy()
+        self.open_files.clear();
+        self.fs.destroy()
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
-        self.0.statfs(ctx, inode)
+        self.fs.statfs(ctx, inode)
     }
 
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        self.0.lookup(ctx, parent, name)
+        let entry = self.fs.lookup(ctx, parent, name)?;
+        self.admit(ctx, entry)
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
-        self.0.forget(ctx, inode, count)
+        self.open_files.forget(inode, count);
+        self.fs.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
-        self.0.batch_forget(ctx, requests)
+        for &(inode, count) in &requests {
+            self.open_files.forget(inode, count);
+        }
+        self.fs.batch_forget(ctx, requests)
     }
 
     fn opendir(
@@ -101,7 +143,12 @@ impl FileSystem for SharedDir {
         inode: Inode,
         flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
-        self.0.opendir(ctx, inode, flags)
+        let mut slot = self.open_files.reserve(1)?;
+        let (handle, options) = self.fs.opendir(ctx, inode, flags)?;
+        if let Some(handle) = handle {
+            slot.handle(handle);
+        }
+        Ok((handle, options))
     }
 
     fn releasedir(
@@ -111,7 +158,11 @@ impl FileSystem for SharedDir {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
-        self.0.releasedir(ctx, inode, flags, handle)
+        // Counted down only if the passthrough really let go: it refuses
+        // a handle named with the wrong inode and keeps it open.
+        self.fs.releasedir(ctx, inode, flags, handle)?;
+        self.open_files.release(handle);
+        Ok(())
     }
 
     fn mkdir(
@@ -122,11 +173,14 @@ impl FileSystem for SharedDir {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.0.mkdir(ctx, parent, name, mode, umask)
+        let mut slot = self.open_files.reserve(1)?;
+        let entry = self.fs.mkdir(ctx, parent, name, mode, umask)?;
+        slot.entry(entry.inode);
+        Ok(entry)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.0.rmdir(ctx, parent, name)
+        self.fs.rmdir(ctx, parent, name)
     }
 
     fn readdir(
@@ -138,7 +192,7 @@ impl FileSystem for SharedDir {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.0.readdir(ctx, inode, handle, size, offset, add_entry)
+        self.fs.readdir(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn readdirplus(
@@ -150,8 +204,35 @@ impl FileSystem for SharedDir {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.0
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+        let mut refused = false;
+        let mut delivered = 0usize;
+        self.fs
+            .readdirplus(ctx, inode, handle, size, offset, &mut |dir_entry, entry| {
+                if self.open_files.admit_entry(entry.inode) == Admission::Refused {
+                    refused = true;
+                    // Zero means "no room": the passthrough drops the
+                    // reference it just took and ends the listing here.
+                    return Ok(0);
+                }
+                let named = entry.inode;
+                let added = add_entry(dir_entry, entry);
+                match added {
+                    // Not sent after all; the passthrough forgets it too.
+                    Ok(0) => self.open_files.forget(named, 1),
+                    Ok(_) => delivered += 1,
+                    // The passthrough keeps its reference on an error, so
+                    // the fd stays held and counted.
+                    Err(_) => {}
+                }
+                added
+            })?;
+        // An empty reply would read as the end of the directory: say why
+        // nothing came instead. A partial one is fine; the guest asks for
+        // the rest and gets the error then.
+        if refused && delivered == 0 {
+            return Err(cap_reached());
+        }
+        Ok(())
     }
 
     fn open(
@@ -161,7 +242,12 @@ impl FileSystem for SharedDir {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions, Option<u32>)> {
-        self.0.open(ctx, inode, flags, fuse_flags)
+        let mut slot = self.open_files.reserve(1)?;
+        let (handle, options, passthrough) = self.fs.open(ctx, inode, flags, fuse_flags)?;
+        if let Some(handle) = handle {
+            slot.handle(handle);
+        }
+        Ok((handle, options, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -175,8 +261,11 @@ impl FileSystem for SharedDir {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.0
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        // As in `releasedir`: only a release the passthrough accepted.
+        self.fs
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
+        self.open_files.release(handle);
+        Ok(())
     }
 
     fn create(
@@ -186,11 +275,18 @@ impl FileSystem for SharedDir {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
-        self.0.create(ctx, parent, name, args)
+        // A new inode and its open handle.
+        let mut slots = self.open_files.reserve(2)?;
+        let (entry, handle, options, passthrough) = self.fs.create(ctx, parent, name, args)?;
+        slots.entry(entry.inode);
+        if let Some(handle) = handle {
+            slots.handle(handle);
+        }
+        Ok((entry, handle, options, passthrough))
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
-        self.0.unlink(ctx, parent, name)
+        self.fs.unlink(ctx, parent, name)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -205,7 +301,7 @@ impl FileSystem for SharedDir {
         moffset: u64,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
-        self.0
+        self.fs
             .setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
     }
 
@@ -216,7 +312,7 @@ impl FileSystem for SharedDir {
         requests: Vec<RemovemappingOne>,
         vu_req: &mut dyn FsCacheReqHandler,
     ) -> io::Result<()> {
-        self.0.removemapping(ctx, inode, requests, vu_req)
+        self.fs.removemapping(ctx, inode, requests, vu_req)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -231,7 +327,7 @@ impl FileSystem for SharedDir {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.0
+        self.fs
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
 
@@ -249,7 +345,7 @@ impl FileSystem for SharedDir {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.0.write(
+        self.fs.write(
             ctx,
             inode,
             handle,
@@ -269,7 +365,7 @@ impl FileSystem for SharedDir {
         inode: Inode,
         handle: Option<Handle>,
     ) -> io::Result<(stat64, Duration)> {
-        self.0.getattr(ctx, inode, handle)
+        self.fs.getattr(ctx, inode, handle)
     }
 
     fn setattr(
@@ -280,7 +376,7 @@ impl FileSystem for SharedDir {
         handle: Option<Handle>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.0.setattr(ctx, inode, attr, handle, valid)
+        self.fs.setattr(ctx, inode, attr, handle, valid)
     }
 
     fn rename(
@@ -292,7 +388,7 @@ impl FileSystem for SharedDir {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.0.rename(ctx, olddir, oldname, newdir, newname, flags)
+        self.fs.rename(ctx, olddir, oldname, newdir, newname, flags)
     }
 
     fn mknod(
@@ -304,7 +400,10 @@ impl FileSystem for SharedDir {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.0.mknod(ctx, parent, name, mode, rdev, umask)
+        let mut slot = self.open_files.reserve(1)?;
+        let entry = self.fs.mknod(ctx, parent, name, mode, rdev, umask)?;
+        slot.entry(entry.inode);
+        Ok(entry)
     }
 
     fn link(
@@ -314,7 +413,9 @@ impl FileSystem for SharedDir {
         newparent: Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        self.0.link(ctx, inode, newparent, newname)
+        // A new name for an inode the guest holds: the same fd.
+        let entry = self.fs.link(ctx, inode, newparent, newname)?;
+        self.admit(ctx, entry)
     }
 
     fn symlink(
@@ -324,11 +425,14 @@ impl FileSystem for SharedDir {
         parent: Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.0.symlink(ctx, linkname, parent, name)
+        let mut slot = self.open_files.reserve(1)?;
+        let entry = self.fs.symlink(ctx, linkname, parent, name)?;
+        slot.entry(entry.inode);
+        Ok(entry)
     }
 
     fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-        self.0.readlink(ctx, inode)
+        self.fs.readlink(ctx, inode)
     }
 
     fn flush(
@@ -338,11 +442,11 @@ impl FileSystem for SharedDir {
         handle: Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
-        self.0.flush(ctx, inode, handle, lock_owner)
+        self.fs.flush(ctx, inode, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
-        self.0.fsync(ctx, inode, datasync, handle)
+        self.fs.fsync(ctx, inode, datasync, handle)
     }
 
     fn fsyncdir(
@@ -352,11 +456,11 @@ impl FileSystem for SharedDir {
         datasync: bool,
         handle: Handle,
     ) -> io::Result<()> {
-        self.0.fsyncdir(ctx, inode, datasync, handle)
+        self.fs.fsyncdir(ctx, inode, datasync, handle)
     }
 
     fn access(&self, ctx: &Context, inode: Inode, mask: u32) -> io::Result<()> {
-        self.0.access(ctx, inode, mask)
+        self.fs.access(ctx, inode, mask)
     }
 
     fn setxattr(
@@ -367,7 +471,7 @@ impl FileSystem for SharedDir {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        self.0.setxattr(ctx, inode, name, value, flags)
+        self.fs.setxattr(ctx, inode, name, value, flags)
     }
 
     fn getxattr(
@@ -377,15 +481,15 @@ impl FileSystem for SharedDir {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.0.getxattr(ctx, inode, name, size)
+        self.fs.getxattr(ctx, inode, name, size)
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.0.listxattr(ctx, inode, size)
+        self.fs.listxattr(ctx, inode, size)
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
-        self.0.removexattr(ctx, inode, name)
+        self.fs.removexattr(ctx, inode, name)
     }
 
     fn fallocate(
@@ -397,7 +501,7 @@ impl FileSystem for SharedDir {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.0.fallocate(ctx, inode, handle, mode, offset, length)
+        self.fs.fallocate(ctx, inode, handle, mode, offset, length)
     }
 
     fn lseek(
@@ -408,7 +512,7 @@ impl FileSystem for SharedDir {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.0.lseek(ctx, inode, handle, offset, whence)
+        self.fs.lseek(ctx, inode, handle, offset, whence)
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, ForgetIn, GetattrIn, InHeader, InitIn, InitOut, LinkIn, MknodIn,
-    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn, WriteOut,
+    AttrOut, BatchForgetIn, CreateIn, Dirent, EntryOut, ForgetIn, ForgetOne, GetattrIn, InHeader,
+    InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
+    ReleaseIn, WriteIn, WriteOut,
 };
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -19,6 +20,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::passthrough::DEFAULT_MAX_OPEN_FILES;
 use super::*;
 use crate::devices::bus::lock;
 use crate::devices::virtio::Interrupt;
@@ -118,10 +120,16 @@ struct Rig<'a> {
 
 impl<'a> Rig<'a> {
     fn new(mem: &'a GuestMemoryMmap, dir: &Path) -> Rig<'a> {
+        Rig::with_cap(mem, dir, DEFAULT_MAX_OPEN_FILES)
+    }
+
+    /// A device that holds at most `max_open_files` host fds for the guest.
+    fn with_cap(mem: &'a GuestMemoryMmap, dir: &Path, max_open_files: usize) -> Rig<'a> {
         let fs = Arc::new(Mutex::new(
             VirtioFs::new(&SharedFsConfig {
                 tag: "palisade".into(),
                 dir: dir.to_owned(),
+                max_open_files,
             })
             .expect("device"),
         ));
@@ -326,6 +334,43 @@ impl<'a> Rig<'a> {
         self.request(Opcode::Read, nodeid, &[read.as_slice()])
     }
 
+    fn create(&mut self, parent: u64, name: &str) -> Reply {
+        let create = CreateIn {
+            flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        self.request(Opcode::Create, parent, &[create.as_slice(), &cstr(name)])
+    }
+
+    fn mkdir(&mut self, parent: u64, name: &str) -> Reply {
+        let mkdir = MkdirIn {
+            mode: 0o755,
+            umask: 0,
+        };
+        self.request(Opcode::Mkdir, parent, &[mkdir.as_slice(), &cstr(name)])
+    }
+
+    fn release(&mut self, opcode: Opcode, nodeid: u64, fh: u64) -> Reply {
+        let release = ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.request(opcode, nodeid, &[release.as_slice()])
+    }
+
+    fn forget(&mut self, nodeid: u64, nlookup: u64) {
+        let forget = ForgetIn { nlookup };
+        let req = self.encode(Opcode::Forget, nodeid, &[forget.as_slice()]);
+        assert_eq!(self.raw_request(HIPRIO, &req, 0).len, 0);
+    }
+
+    /// Host fds the device holds for the guest now.
+    fn open_files(&self) -> usize {
+        lock(&self.fs).open_files().0
+    }
+
     fn mknod(&mut self, parent: u64, name: &str, mode: u32, rdev: u32) -> Reply {
         let mknod = MknodIn {
             mode,
@@ -359,6 +404,7 @@ fn config_space_holds_the_tag_and_one_request_queue() {
     let dev = VirtioFs::new(&SharedFsConfig {
         tag: "palisade".into(),
         dir: scratch.shared(),
+        max_open_files: DEFAULT_MAX_OPEN_FILES,
     })
     .expect("device");
     assert_eq!(dev.device_type(), 26);
@@ -384,6 +430,7 @@ fn bad_configurations_are_refused_precisely() {
     let cfg = |tag: &str, dir: PathBuf| SharedFsConfig {
         tag: tag.into(),
         dir,
+        max_open_files: DEFAULT_MAX_OPEN_FILES,
     };
     assert!(matches!(
         validate(&cfg("", scratch.shared())),
@@ -422,6 +469,7 @@ fn activation_needs_both_queues() {
     let mut dev = VirtioFs::new(&SharedFsConfig {
         tag: "t".into(),
         dir: scratch.shared(),
+        max_open_files: DEFAULT_MAX_OPEN_FILES,
     })
     .expect("device");
     let q = MockSplitQueue::create(&mem, GuestAddress(0), QSIZE);
@@ -444,7 +492,7 @@ fn init_handshake() {
 }
 
 #[test]
-fn the_open_file_limit_is_raised() {
+fn the_open_file_limit_is_the_cap_plus_the_reserve() {
     let get = || {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
@@ -454,15 +502,18 @@ fn the_open_file_limit_is_raised() {
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         lim
     };
-    let before = get();
-    let now = passthrough::raise_open_file_limit().expect("raise");
+    // Lowering the limits is always allowed, so this holds as any user.
+    // It is far above what the other tests of this process hold open.
+    let cap = 4096;
+    let now = passthrough::limit_open_files(cap).expect("limit");
+    let want = (cap + passthrough::OPEN_FILE_RESERVE) as u64;
+    assert_eq!(now, want);
     let after = get();
-    assert_eq!(after.rlim_cur, now);
-    assert!(
-        now >= before.rlim_max,
-        "{now} < hard limit {}",
-        before.rlim_max
-    );
+    assert_eq!((after.rlim_cur, after.rlim_max), (want, want));
+    assert_eq!(passthrough::cap_within_limit(cap, now), cap);
+    // A hard limit that cannot be raised lowers the cap to fit.
+    assert_eq!(passthrough::cap_within_limit(cap, want - 100), cap - 100);
+    assert_eq!(passthrough::cap_within_limit(cap, 10), 0);
 }
 
 #[test]
@@ -885,6 +936,7 @@ fn reset_forgets_the_old_drivers_nodes() {
         "a node from before the reset is still valid"
     );
     assert_ne!(rig.lookup_ok(ROOT, "f").nodeid, 0);
+    assert_eq!(rig.open_files(), 1, "only the new driver's lookup counts");
 }
 
 #[test]
@@ -895,6 +947,7 @@ fn config_names_the_directory_as_exported() {
     let dev = VirtioFs::new(&SharedFsConfig {
         tag: "t".into(),
         dir: link,
+        max_open_files: DEFAULT_MAX_OPEN_FILES,
     })
     .expect("device");
     assert_eq!(
@@ -904,4 +957,198 @@ fn config_names_the_directory_as_exported() {
             .as_os_str()
             .as_bytes()
     );
+}
+
+/// A scratch share holding `names` as empty files.
+fn share_with_files(names: &[&str]) -> Scratch {
+    let scratch = Scratch::new();
+    for name in names {
+        std::fs::write(scratch.shared().join(name), b"").expect("file");
+    }
+    scratch
+}
+
+#[test]
+fn lookups_of_new_inodes_beyond_the_cap_get_enfile() {
+    let scratch = share_with_files(&["a", "b", "c", "d"]);
+    std::fs::hard_link(scratch.shared().join("a"), scratch.shared().join("a2")).expect("hard link");
+    let mem = memory();
+    let mut rig = Rig::with_cap(&mem, &scratch.shared(), 3);
+    rig.init();
+    let a = rig.lookup_ok(ROOT, "a");
+    let b = rig.lookup_ok(ROOT, "b");
+    rig.lookup_ok(ROOT, "c");
+    assert_eq!(rig.open_files(), 3);
+    assert_eq!(rig.lookup(ROOT, "d").error(), errno(libc::ENFILE));
+    assert_eq!(rig.open_files(), 3);
+    // What the guest holds already costs nothing: the same name again,
+    // another name of the same inode, the root, a missing name.
+    assert_eq!(rig.lookup_ok(ROOT, "a").nodeid, a.nodeid);
+    assert_eq!(rig.lookup_ok(ROOT, "a2").nodeid, a.nodeid);
+    assert_eq!(rig.lookup_ok(ROOT, "..").nodeid, ROOT);
+    assert_eq!(rig.lookup(ROOT, "missing").error(), errno(libc::ENOENT));
+    assert_eq!(rig.open_files(), 3);
+    // "a" was named three times: forgetting it twice still holds it.
+    rig.forget(a.nodeid, 2);
+    assert_eq!(rig.lookup(ROOT, "d").error(), errno(libc::ENFILE));
+    // A FORGET of a node the guest was never given frees nothing.
+    rig.forget(4242, u64::MAX);
+    assert_eq!(rig.lookup(ROOT, "d").error(), errno(libc::ENFILE));
+    // BATCH_FORGET of "b" makes room for "d".
+    let batch = BatchForgetIn { count: 1, dummy: 0 };
+    let one = ForgetOne {
+        nodeid: b.nodeid,
+        nlookup: 1,
+    };
+    let req = rig.encode(Opcode::BatchForget, 0, &[batch.as_slice(), one.as_slice()]);
+    assert_eq!(rig.raw_request(HIPRIO, &req, 0).len, 0);
+    assert_eq!(rig.open_files(), 2);
+    let d = rig.lookup_ok(ROOT, "d");
+    assert_ne!(d.nodeid, 0);
+    assert_eq!(rig.open_files(), 3);
+}
+
+#[test]
+fn creating_beyond_the_cap_gets_enfile_and_leaves_nothing_on_the_host() {
+    let scratch = Scratch::new();
+    let mem = memory();
+    let mut rig = Rig::with_cap(&mem, &scratch.shared(), 3);
+    rig.init();
+    // CREATE takes two: the new inode and its open handle.
+    let reply = rig.create(ROOT, "one");
+    assert_eq!(reply.error(), 0);
+    let entry = EntryOut::from_slice(&reply.bytes[16..16 + std::mem::size_of::<EntryOut>()])
+        .copied()
+        .expect("entry");
+    let open = OpenOut::from_slice(
+        &reply.bytes[16 + std::mem::size_of::<EntryOut>()
+            ..16 + std::mem::size_of::<EntryOut>() + std::mem::size_of::<OpenOut>()],
+    )
+    .copied()
+    .expect("open");
+    assert_eq!(rig.open_files(), 2);
+    assert_eq!(rig.create(ROOT, "two").error(), errno(libc::ENFILE));
+    // One slot is left: enough for a directory, not a second one.
+    assert_eq!(rig.mkdir(ROOT, "dir").error(), 0);
+    assert_eq!(rig.mkdir(ROOT, "dir2").error(), errno(libc::ENFILE));
+    assert_eq!(
+        rig.mknod(ROOT, "fifo", libc::S_IFIFO | 0o600, 0).error(),
+        errno(libc::ENFILE)
+    );
+    let symlink = rig.request(
+        Opcode::Symlink,
+        ROOT,
+        &[&cstr("link"), &cstr("/etc/passwd")],
+    );
+    assert_eq!(symlink.error(), errno(libc::ENFILE));
+    for name in ["two", "dir2", "fifo", "link"] {
+        assert!(
+            std::fs::symlink_metadata(scratch.shared().join(name)).is_err(),
+            "{name} was made on the host"
+        );
+    }
+    // A new name for a held inode pins nothing new.
+    let link = LinkIn {
+        oldnodeid: entry.nodeid,
+    };
+    let made = rig.request(Opcode::Link, ROOT, &[link.as_slice(), &cstr("one-again")]);
+    assert_eq!(made.error(), 0);
+    assert_eq!(rig.open_files(), 3);
+    // Closing the created file makes room for one more.
+    assert_eq!(
+        rig.release(Opcode::Release, entry.nodeid, open.fh).error(),
+        0
+    );
+    assert_eq!(rig.open_files(), 2);
+    assert_eq!(rig.mkdir(ROOT, "dir2").error(), 0);
+}
+
+#[test]
+fn opening_beyond_the_cap_gets_enfile_until_a_release() {
+    let scratch = share_with_files(&["f"]);
+    let mem = memory();
+    let mut rig = Rig::with_cap(&mem, &scratch.shared(), 3);
+    rig.init();
+    let f = rig.lookup_ok(ROOT, "f");
+    let first: OpenOut = rig.open(f.nodeid, libc::O_RDONLY).body();
+    let dir: OpenOut = rig
+        .request(
+            Opcode::Opendir,
+            ROOT,
+            &[OpenIn {
+                flags: libc::O_RDONLY as u32,
+                fuse_flags: 0,
+            }
+            .as_slice()],
+        )
+        .body();
+    assert_eq!(rig.open_files(), 3);
+    assert_eq!(
+        rig.open(f.nodeid, libc::O_RDONLY).error(),
+        errno(libc::ENFILE)
+    );
+    // Releasing a handle that does not exist, or a real one named with the
+    // wrong node (the passthrough keeps that one open), frees nothing.
+    assert_ne!(rig.release(Opcode::Release, f.nodeid, 777).error(), 0);
+    assert_ne!(rig.release(Opcode::Release, ROOT, first.fh).error(), 0);
+    assert_eq!(rig.open_files(), 3);
+    assert_eq!(rig.release(Opcode::Releasedir, ROOT, dir.fh).error(), 0);
+    assert_eq!(rig.open_files(), 2);
+    let second: OpenOut = rig.open(f.nodeid, libc::O_RDONLY).body();
+    assert_ne!(second.fh, first.fh);
+    assert_eq!(rig.read(f.nodeid, first.fh, 16).error(), 0);
+}
+
+/// The `off` field of each direntplus record in a READDIRPLUS reply.
+fn direntplus_offsets(data: &[u8]) -> Vec<u64> {
+    let head = std::mem::size_of::<EntryOut>() + std::mem::size_of::<Dirent>();
+    let mut offsets = Vec::new();
+    let mut rest = data;
+    while rest.len() >= head {
+        let dirent = Dirent::from_slice(&rest[std::mem::size_of::<EntryOut>()..head])
+            .copied()
+            .expect("dirent");
+        offsets.push(dirent.off);
+        let len = (head + dirent.namelen as usize).next_multiple_of(8);
+        rest = &rest[len.min(rest.len())..];
+    }
+    offsets
+}
+
+#[test]
+fn readdirplus_beyond_the_cap_lists_what_fits_then_gets_enfile() {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let scratch = share_with_files(&["a", "b", "c"]);
+    let mem = memory();
+    let mut rig = Rig::with_cap(&mem, &scratch.shared(), 2);
+    rig.init_offering(FsOptions::DO_READDIRPLUS.bits() as u32);
+    let dir: OpenOut = rig
+        .request(
+            Opcode::Opendir,
+            ROOT,
+            &[OpenIn {
+                flags: libc::O_RDONLY as u32,
+                fuse_flags: 0,
+            }
+            .as_slice()],
+        )
+        .body();
+    let readdirplus = |rig: &mut Rig, offset: u64| {
+        let read = ReadIn {
+            fh: dir.fh,
+            offset,
+            size: 4096,
+            ..Default::default()
+        };
+        rig.request(Opcode::Readdirplus, ROOT, &[read.as_slice()])
+    };
+    // The handle holds one slot: one entry fits, then the listing stops.
+    let first = readdirplus(&mut rig, 0);
+    let offsets = direntplus_offsets(first.data());
+    assert_eq!(offsets.len(), 1, "{offsets:?}");
+    assert_eq!(rig.open_files(), 2);
+    // Asked for the rest, the guest hears why there is none.
+    let rest = readdirplus(&mut rig, offsets[0]);
+    assert_eq!(rest.error(), errno(libc::ENFILE));
+    assert_eq!(rig.open_files(), 2);
 }

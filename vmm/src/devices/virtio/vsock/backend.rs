@@ -25,7 +25,7 @@ pub const CONN_ID_BASE: u32 = 16;
 
 /// Most simultaneous connections per VM: a bound on what one pod can make
 /// the VMM hold.
-const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 1024;
 /// Most control packets queued for a guest that does not drain its RX
 /// queue; beyond this new ones are dropped.
 const MAX_CONTROL_PACKETS: usize = 4096;
