@@ -156,7 +156,7 @@ t_share_fill() {
         for d in /mnt /mnt/$pod; do
             dd if=/dev/zero of=\$d/fill bs=1M count=$mib 2>&1 | tail -n 1
             i=0
-            while [ \$i -lt 20000 ] && : >\$d/f\$i 2>>/errs; do i=\$((i + 1)); done
+            while [ \$i -lt 5000 ] && : >\$d/f\$i 2>>/errs; do i=\$((i + 1)); done
             echo FILES \$d \$i
         done
         sed 's/.*: //' /errs | sort | uniq -c"
