@@ -365,9 +365,66 @@ t_cri_config() {
     grep -q 'io.containerd.palisade.v2' "$CTD_DIR/config.toml" || bad "no palisade runtime entry in the config"
 }
 
+# What a process learns about its own confinement from /proc/self/status:
+# the same with runc and palisade for ctr's default spec, containerd's
+# default seccomp profile, a custom profile and --privileged. (The
+# capability masks hold for the 41 capabilities of the kernels these run
+# on: Linux 6.1 on the host, 6.12 in the guest.)
+_status_fields() { grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' | tr -s '\t' ' ' | paste -sd';'; }
+DEFAULT_CAPS=00000000a80425fb
+# --privileged gives every capability the runtime's root has: runc's is
+# this host's root (which lacks CAP_SYS_RESOURCE on the project's
+# machines), palisade's the guest's root, which has all 41.
+_privileged_caps() {
+    if [ "$RUNTIME" = io.containerd.palisade.v2 ]; then echo 000001ffffffffff
+    else awk '/^CapBnd:/ { print $2 }' /proc/self/status; fi
+}
+
+t_status_default() {
+    local id out
+    id=$(tid 1)
+    out=$(run_ --rm "$BUSYBOX_IMAGE" "$id" cat /proc/self/status | _status_fields)
+    [ "$out" = "CapEff: $DEFAULT_CAPS;CapBnd: $DEFAULT_CAPS;NoNewPrivs: 1;Seccomp: 0" ] ||
+        bad "default spec: $out"
+}
+
+t_seccomp_default() {
+    local id out
+    id=$(tid 1)
+    out=$(run_ --rm --seccomp "$BUSYBOX_IMAGE" "$id" sh -c \
+        'grep -E "^(Seccomp|NoNewPrivs):" /proc/self/status | tr -s "\t" " " | paste -sd";"; ls / >/dev/null && echo listed; unshare -m true 2>/dev/null; echo "unshare $?"' 2>&1)
+    [ "$out" = "NoNewPrivs: 1;Seccomp: 2
+listed
+unshare 1" ] || bad "containerd's default profile: ${out@Q}"
+}
+
+t_seccomp_custom() {
+    local id out profile=$E2E_TMP/$TEST.json
+    id=$(tid 1)
+    cat >"$profile" <<'JSON'
+{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+ "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+JSON
+    out=$(run_ --rm --seccomp --seccomp-profile "$profile" "$BUSYBOX_IMAGE" "$id" sh -c \
+        'mkdir /tmp/x 2>&1; echo "mkdir $?"; touch /tmp/y && echo touched' 2>&1)
+    case $out in
+        *"Operation not permitted"*"mkdir 1"*touched) ;;
+        *) bad "a profile that refuses mkdir: ${out@Q}" ;;
+    esac
+}
+
+t_privileged() {
+    local id out all
+    id=$(tid 1)
+    all=$(_privileged_caps)
+    out=$(run_ --rm --privileged "$BUSYBOX_IMAGE" "$id" cat /proc/self/status | _status_fields)
+    [ "$out" = "CapEff: $all;CapBnd: $all;NoNewPrivs: 1;Seccomp: 0" ] ||
+        bad "--privileged: $out"
+}
+
 all_tests="run-echo run-exit-code run-rm run-stdout-stderr env cwd user tty-run stdin stdin-10mb \
     stdout-10mb exec exec-tty kill-term kill-sigkill kill-all kill-exec pause-resume ps metrics \
-    update-memory events-order cri-config"
+    update-memory events-order status-default seccomp-default seccomp-custom privileged cri-config"
 ctr_suite_select "$@" -- $all_tests
 ctr_suite_setup ctr-run
 for t in $E2E_SELECTED; do
