@@ -120,7 +120,6 @@ impl CgroupDir {
         Self { path }
     }
 
-    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -21,6 +21,7 @@
 //! in the fresh child (init.rs, rootfs.rs), seccomp compiled in pure Rust
 //! with seccompiler (seccomp/), cgroup v2 through files (cgroups.rs).
 
+mod cgroup_view;
 pub mod cgroups;
 pub mod events;
 pub mod init;
@@ -351,9 +352,12 @@ impl Manager {
         wanted: Wanted,
     ) -> Result<(Arc<Container>, ExitReceiver, Ports)> {
         let spec: Spec = spec::parse_json("spec", spec_json)?;
-        let config = spec::plan_container(&spec, rootfs)?;
+        let mut config = spec::plan_container(&spec, rootfs)?;
         let resources = spec.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup = self.cgroups.create(id, resources)?;
+        if let Some(cg) = &cgroup {
+            cgroup_view::show_own_cgroup(&mut config, cg.path());
+        }
         let started = match self.start_process(id, "", &config, cgroup.as_ref(), wanted) {
             Ok(s) => s,
             Err(e) => {
