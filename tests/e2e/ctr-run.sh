@@ -422,9 +422,52 @@ t_privileged() {
         bad "--privileged: $out"
 }
 
+# --- cgroup files ------------------------------------------------------------------------
+# A container reads its own limits where the JVM, Go's GOMEMLIMIT tooling
+# and nginx look for them: its cgroup's directory is the cgroup mount (in
+# mountinfo) plus the path /proc/self/cgroup names relative to that mount's
+# root, and the limit files there hold --memory-limit and --cpus. The
+# container's shell is pid 1 of its pid namespace, and cgroup.procs lists
+# it. ctr's default spec has no cgroup mount (CRI's, nerdctl's and
+# docker's do): the test adds one, as a v1-style "cgroup" and as
+# "cgroup2". Without a cgroup namespace runc 1.1 mounts the whole
+# hierarchy (the container's cgroup is a directory below /sys/fs/cgroup);
+# palisade binds the container's own cgroup there (its directory is
+# /sys/fs/cgroup itself, as with a cgroup namespace). runc shows cgroup v2
+# files on a cgroup v2 host only: the guest is one, and so is the test
+# host, where the suite runs this test with runc as well
+# (tests/e2e/in-kvm.sh); the project's machines are cgroup v1.
+_CGROUP_VIEW='
+cg=$(sed -n "s/^0:://p" /proc/self/cgroup)
+root=$(awk "\$5 == \"/sys/fs/cgroup\" { print \$4 }" /proc/self/mountinfo)
+case $cg in
+    "$root"*) rel=${cg#"$root"}; rel=${rel#/}; dir=/sys/fs/cgroup${rel:+/$rel}; echo "dir $dir" ;;
+    *) echo "cgroup ${cg:-?} is not below the mount root ${root:-?}; cgroup mounts: $(awk "/cgroup/ { print \$4, \$5, \$9 }" /proc/self/mountinfo | paste -sd";")"; dir=/sys/fs/cgroup ;;
+esac
+for f in memory.max cpu.max pids.max; do echo "$f $(cat $dir/$f 2>&1)"; done
+grep -qx 1 $dir/cgroup.procs && echo "cgroup.procs has pid 1" || echo "cgroup.procs: $(cat $dir/cgroup.procs 2>&1 | paste -sd" ")"
+'
+t_cgroup_view() {
+    local id out typ dirs=()
+    id=$(tid 1)
+    [ "$RUNTIME" = io.containerd.palisade.v2 ] || [ -e /sys/fs/cgroup/cgroup.controllers ] ||
+        bad "runc shows a container its cgroup v2 files on a cgroup v2 host only, and this one is not: run this test in the test host (tests/e2e/in-kvm.sh does)"
+    for typ in cgroup cgroup2; do
+        out=$(run_ --rm --memory-limit 67108864 --cpus 0.5 \
+            --mount "type=$typ,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev" \
+            "$BUSYBOX_IMAGE" "$id" sh -c "$_CGROUP_VIEW" 2>&1)
+        [[ $out == "dir /sys/fs/cgroup"* ]] && [ "$(tail -n +2 <<<"$out")" = 'memory.max 67108864
+cpu.max 50000 100000
+pids.max max
+cgroup.procs has pid 1' ] || bad "the container's view of its cgroup, mounted as $typ: ${out@Q}"
+        dirs+=("$typ: $(head -n 1 <<<"$out" | cut -d' ' -f2)")
+    done
+    note "the container's cgroup directory: $(_one_line "${dirs[@]}")"
+}
+
 all_tests="run-echo run-exit-code run-rm run-stdout-stderr env cwd user tty-run stdin stdin-10mb \
     stdout-10mb exec exec-tty kill-term kill-sigkill kill-all kill-exec pause-resume ps metrics \
-    update-memory events-order status-default seccomp-default seccomp-custom privileged cri-config"
+    update-memory events-order cgroup-view status-default seccomp-default seccomp-custom privileged cri-config"
 ctr_suite_select "$@" -- $all_tests
 ctr_suite_setup ctr-run
 for t in $E2E_SELECTED; do

@@ -45,6 +45,9 @@ suite() {
 }
 
 suite boot-in-kvm "$here/boot-in-kvm.sh"
+# runc, the peer, on the test host's cgroup v2 (the project's machines are
+# v1): the cgroup files a container sees.
+suite ctr-run-runc-cgroup-v2 env RUNTIME=io.containerd.runc.v2 "$here/ctr-run.sh" cgroup-view
 suite ctr-run-palisade env RUNTIME=io.containerd.palisade.v2 "$here/ctr-run.sh"
 suite ctr-palisade "$here/ctr-palisade.sh"
 suite containers-in-vm "$here/containers-in-vm.sh"
