@@ -109,10 +109,15 @@ t_task_pids_are_the_vmm() {
     p1=$(task_pid "$pod")
     p2=$(task_pid "$c2")
     [ "$p1" = "$vmm" ] && [ "$p2" = "$vmm" ] || bad "task pids are $p1 and $p2; the pod's VMM is $vmm"
-    exec_ --detach --exec-id e1 "$pod" sleep 1000 >/dev/null 2>&1 || bad "ctr task exec --detach failed"
-    ps=$(ctr_ task ps "$pod" | awk 'NR > 1 { print $1 }')
-    n=$(_count "$ps")
-    [ "$n" -ge 2 ] || bad "ctr task ps lists $n processes, want the init and the exec: $ps"
+    # Attached, in the background: a `ctr task exec --detach` leaves its
+    # FIFO directory behind for good (only an attached ctr removes it).
+    exec_ --exec-id e1 "$pod" sleep 1000 >/dev/null 2>&1 &
+    _two_listed() {
+        ps=$(ctr_ task ps "$pod" | awk 'NR > 1 { print $1 }')
+        [ "$(_count "$ps")" -ge 2 ]
+    }
+    wait_until "$CT" _two_listed ||
+        bad "ctr task ps lists $(_count "$ps") processes ${CT}s after the exec, want the init and the exec: $(echo $ps)"
     ! grep -qx "$vmm" <<<"$ps" || bad "ctr task ps lists the VMM's host pid $vmm, not guest pids: $(echo $ps)"
     note "task pid $vmm (the VMM); guest pids $(echo $ps)"
 }
