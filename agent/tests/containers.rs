@@ -1289,3 +1289,48 @@ fn oom_kill_is_reported_before_the_exit() {
     assert_eq!(out.join().unwrap(), "survived\n");
     h.remove("oom2", false).expect("RemoveContainer");
 }
+
+/// runc CVE-2021-30465: a sibling container that shares a volume swaps a
+/// directory of it for a symlink, so a mount nested in the volume lands
+/// elsewhere in (or out of) the container. A link on a volume is never
+/// followed for a mount's destination; one in the image's own tree is,
+/// inside the root; a real directory in the volume takes the mount.
+#[test]
+fn mount_destinations_never_follow_links_a_volume_holds() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-mountlinks");
+    let vol = h.dir.0.join("vol");
+    std::fs::create_dir_all(vol.join("real")).unwrap();
+    symlink("/etc", vol.join("sub")).unwrap();
+    let with_mounts = |args: &[&str], nested: &str| {
+        let mut s = spec(args);
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "bind",
+            "source": vol.display().to_string(), "options": ["rbind", "rw"]}));
+        mounts.push(json!({"destination": nested, "type": "tmpfs", "source": "nested"}));
+        s
+    };
+    let s = with_mounts(&["true"], "/data/sub/x");
+    let (c, msg) = code(&h.create("m1", &s, (false, false, false)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL, "{msg}");
+    assert!(
+        msg.contains("sub is a symlink") && msg.contains("not followed"),
+        "{msg}"
+    );
+    assert!(!h.rootfs.join("etc/x").exists(), "made a directory in /etc");
+
+    let s = with_mounts(
+        &["sh", "-c", "awk '$2 ~ /data/ {print $1, $2}' /proc/mounts"],
+        "/data/real/x",
+    );
+    let created = h
+        .create("m2", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("m2");
+    assert_eq!(h.wait("m2", "").exit_code, 0);
+    let out = out.join().unwrap();
+    assert!(out.contains("nested /data/real/x"), "{out}");
+    h.remove("m2", false).expect("RemoveContainer");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}

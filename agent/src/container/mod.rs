@@ -23,12 +23,15 @@
 
 pub mod cgroups;
 pub mod events;
+mod fdmount;
 pub mod init;
+mod inroot;
 mod mounts;
 mod oci;
 mod oom;
 mod paths;
 pub mod process;
+mod procfs;
 mod rootfs;
 mod seccomp;
 mod spawn;
