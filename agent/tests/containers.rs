@@ -1334,3 +1334,57 @@ fn mount_destinations_never_follow_links_a_volume_holds() {
     h.remove("m2", false).expect("RemoveContainer");
     assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
 }
+
+/// CVE-2025-31133: masked files are covered with the null device only: a
+/// /dev/null that is something else (a link to a file the container may
+/// write, a regular file) is refused, never bound over the masked path.
+/// Masked directories get an empty read-only tmpfs.
+#[test]
+fn masked_paths_use_only_the_real_null_device() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-mask");
+    std::fs::create_dir_all(h.rootfs.join("etc/secrets")).unwrap();
+    std::fs::write(h.rootfs.join("etc/secrets/key"), "key").unwrap();
+    std::fs::write(h.rootfs.join("etc/secret"), "secret").unwrap();
+    let s = spec(&[
+        "sh",
+        "-c",
+        "cat /etc/secret; ls -A /etc/secrets; touch /etc/secrets/x 2>/dev/null || echo ro; \
+         stat -c '%t:%T' /etc/secret",
+    ]);
+    let created = h
+        .create("k1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("k1");
+    assert_eq!(h.wait("k1", "").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "ro\n1:3\n");
+    h.remove("k1", false).expect("RemoveContainer");
+
+    // The image's own /dev (no tmpfs there) with a fake null device.
+    let image_dev = |null: &dyn Fn(&Path)| {
+        let dev = h.rootfs.join("dev");
+        let _ = std::fs::remove_dir_all(&dev);
+        std::fs::create_dir_all(&dev).unwrap();
+        null(&dev.join("null"));
+        let mut s = spec(&["true"]);
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
+        let (c, msg) = code(&h.create("k2", &s, (false, false, false)).unwrap_err());
+        assert_eq!(c, Code::INTERNAL, "{msg}");
+        msg
+    };
+    let msg = image_dev(&|p| symlink("/etc/shadow-like", p).unwrap());
+    assert!(msg.contains("/dev/null does not exist"), "{msg}");
+    std::fs::write(h.rootfs.join("etc/shadow-like"), "writable").unwrap();
+    let msg = image_dev(&|p| symlink("/etc/shadow-like", p).unwrap());
+    assert!(msg.contains("not the null device"), "{msg}");
+    let msg = image_dev(&|p| std::fs::write(p, "").unwrap());
+    assert!(
+        msg.contains("RegularFile 0:0, not the null device"),
+        "{msg}"
+    );
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}

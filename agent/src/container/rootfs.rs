@@ -13,7 +13,7 @@
 //! dies with its last process: no mount can leak into the guest.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
@@ -411,8 +411,9 @@ pub fn finish(plan: &RootfsPlan) -> io::Result<()> {
     for p in &plan.readonly_paths {
         readonly_path(&root, p)?;
     }
+    let mut null = None;
     for p in &plan.masked_paths {
-        mask_path(p)?;
+        mask_path(&root, &mut null, p)?;
     }
     if plan.readonly {
         set_attrs(root.fd(), MOUNT_ATTR_RDONLY, 0).map_err(ioerr("making the rootfs read-only"))?;
@@ -433,28 +434,71 @@ fn readonly_path(root: &Root, p: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn mask_path(p: &Path) -> io::Result<()> {
-    let meta = match fs::metadata(p) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ioerr(format_args!("masking {}", p.display()))(e)),
+/// Masks `p`: a file with the null device, a directory with an empty
+/// read-only tmpfs. CVE-2025-31133: binding whatever the container's
+/// /dev/null is would let a container (or a sibling sharing its /dev or a
+/// volume there) swap it for a link to, say, /proc/sys/kernel/core_pattern
+/// and have the runtime bind that writable file over a masked path. So
+/// the source is opened without following a link, checked by fstat to be
+/// the character device 1:3, and that very fd is cloned (open_tree) and
+/// attached onto the target's fd; anything else is refused.
+fn mask_path(root: &Root, null: &mut Option<OwnedFd>, p: &Path) -> io::Result<()> {
+    let what = || format!("masking {}", p.display());
+    let Some(target) = root.resolve(p).map_err(ioerr(what()))? else {
+        return Ok(());
     };
-    let result = if meta.is_dir() {
-        mount(
-            Some("tmpfs"),
-            p,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
+    let is_dir = rustix::fs::fstat(&target)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+        .map_err(|e| io::Error::other(format!("masking {}: {e}", p.display())))?;
+    let tree = if is_dir {
+        empty_readonly_tmpfs().map_err(ioerr(what()))?
     } else {
-        mount(
-            Some("/dev/null"),
-            p,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
+        let null = match null {
+            Some(fd) => fd,
+            None => null.insert(open_null(root)?),
+        };
+        clone_tree(null.as_fd(), false).map_err(ioerr(what()))?
     };
-    result.map_err(err(format_args!("masking {}", p.display())))
+    attach(tree.as_fd(), target.as_fd()).map_err(ioerr(what()))?;
+    verify_landed(root, p, mnt_id(tree.as_fd())?)?;
+    Ok(())
+}
+
+/// The container's /dev/null, if it is the null device (1:3, a character
+/// device; not a link, which is not followed), for masking files.
+fn open_null(root: &Root) -> io::Result<OwnedFd> {
+    let refuse = |why: String| {
+        io::Error::other(format!(
+            "the container's /dev/null {why}; masked paths are bound to the null device              (character device 1:3) only"
+        ))
+    };
+    let fd = root
+        .resolve(Path::new("/dev/null"))?
+        .ok_or_else(|| refuse("does not exist".into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| refuse(format!("cannot be inspected: {e}")))?;
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    if kind != rustix::fs::FileType::CharacterDevice || (major, minor) != (1, 3) {
+        return Err(refuse(format!(
+            "is a {kind:?} {major}:{minor}, not the null device"
+        )));
+    }
+    Ok(fd)
+}
+
+/// A new tmpfs, read-only from the start and never attached anywhere
+/// before it covers its target: nothing can be put in it.
+fn empty_readonly_tmpfs() -> io::Result<OwnedFd> {
+    use rustix::mount::{fsconfig_create, fsmount, fsopen};
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&fs)?;
+    Ok(fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?)
 }
