@@ -1388,3 +1388,33 @@ fn masked_paths_use_only_the_real_null_device() {
     );
     assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
 }
+
+/// CVE-2025-52881: sysctls and oomScoreAdj are written through a private
+/// procfs, so a mount the container's spec (or a sibling's volume) puts
+/// over /proc/sys cannot take the write: here a tmpfs there would have
+/// swallowed `kernel.hostname` into a plain file.
+#[test]
+fn proc_writes_go_to_the_real_procfs_whatever_covers_proc() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-procfs");
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "hostname; cat /proc/self/oom_score_adj; ls /proc/sys",
+    ]);
+    s["process"]["oomScoreAdj"] = 123.into();
+    s["linux"]["sysctl"] = json!({"kernel.hostname": "via-sysctl"});
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/proc/sys", "type": "tmpfs", "source": "decoy"}));
+    let created = h
+        .create("p1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("p1");
+    assert_eq!(h.wait("p1", "").exit_code, 0);
+    // The decoy tmpfs stays empty; the write reached the UTS namespace.
+    assert_eq!(out.join().unwrap(), "via-sysctl\n123\n");
+    h.remove("p1", false).expect("RemoveContainer");
+}
