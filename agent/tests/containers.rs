@@ -1418,3 +1418,33 @@ fn proc_writes_go_to_the_real_procfs_whatever_covers_proc() {
     assert_eq!(out.join().unwrap(), "via-sysctl\n123\n");
     h.remove("p1", false).expect("RemoveContainer");
 }
+
+/// CVE-2019-5736 class: a container's init runs agent code in the
+/// container until it execs the workload; its /proc/<pid>/exe is a sealed
+/// memfd copy of the agent, which no write through that link can change,
+/// never the agent's own file.
+#[test]
+fn container_init_runs_from_a_sealed_copy_of_the_agent() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-sealed");
+    h.create("e1", &spec(&["true"]), (false, false, false))
+        .expect("CreateContainer");
+    // Created, not started: the init waits for Start, still agent code.
+    let children = h.agent_children();
+    assert_eq!(children.len(), 1, "{children:?}");
+    let exe = format!("/proc/{}/exe", children[0]);
+    let link = std::fs::read_link(&exe).unwrap();
+    assert!(
+        link.to_string_lossy().starts_with("/memfd:palisade-agent"),
+        "{}",
+        link.display()
+    );
+    let before = std::fs::read(&exe).unwrap();
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&exe) {
+        assert!(f.write_all(b"overwritten").is_err(), "wrote into {exe}");
+    }
+    assert!(std::fs::read(&exe).unwrap() == before, "{exe} changed");
+    h.start_container("e1");
+    assert_eq!(h.wait("e1", "").exit_code, 0);
+    h.remove("e1", false).expect("RemoveContainer");
+}

@@ -33,6 +33,7 @@ mod paths;
 pub mod process;
 mod procfs;
 mod rootfs;
+pub mod sealed_exe;
 mod seccomp;
 mod spawn;
 pub mod spec;
