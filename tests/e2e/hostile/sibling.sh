@@ -22,7 +22,8 @@ sibling_attacker() {  # ID POD VOL SCRIPT
 }
 
 # Runs victim ID in POD to completion with OPTS... then CMD; prints its
-# output, "REFUSED: <error>" if the runtime refused it.
+# output, "REFUSED: <error>" if the runtime refused it, "EXITED: <output>"
+# if its command failed.
 sibling_victim() {  # ID POD CMD -- OPTS...
     local id=$1 pod=$2 cmd=$3 out
     shift 4
@@ -30,7 +31,10 @@ sibling_victim() {  # ID POD CMD -- OPTS...
     if out=$(run_ --rm $(pod_annotations "$id" "$pod") "$@" "$BUSYBOX_IMAGE" "$id" sh -c "$cmd" 2>&1); then
         echo "$out"
     else
-        echo "REFUSED: ${out:0:300}"
+        case $out in
+            ctr:*) echo "REFUSED: ${out:0:300}" ;;
+            *) echo "EXITED: ${out:0:300}" ;;
+        esac
         remove_container "$id" >/dev/null 2>&1
     fi
 }
@@ -123,8 +127,8 @@ t_sibling_proc_exe() {
             case $l in *busybox*|"") continue ;; esac
             echo "FOUND $l" >>/attack.log
             { echo -n X >>$p/exe; } 2>>/errs && echo "WROTE $l" >>/attack.log
-            exec 3<$p/exe && { echo -n X >>/proc/self/fd/3; } 2>>/errs && echo "WROTE-VIA-FD $l" >>/attack.log
-            exec 3<&-
+            # In a subshell: a failed redirection of exec ends the shell.
+            ( exec 3<$p/exe && { echo -n X >>/proc/self/fd/3; } && echo "WROTE-VIA-FD $l" >>/attack.log ) 2>>/errs
         done
     done; sort /errs | uniq -c | sed "s/^/ERR /" >>/attack.log; echo ATTACK-DONE >>/attack.log; sleep 100000'
     RUN_OPTS=()
