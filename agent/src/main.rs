@@ -105,6 +105,11 @@ fn serve_until_shutdown(
     cgroups: Cgroups,
 ) -> ! {
     let guest = progress.is_some();
+    // Before any container exists and before threads: the copy container
+    // init processes run from (sealed_exe.rs).
+    if let Err(e) = container::sealed_exe::init() {
+        power::fatal(format_args!("sealing a copy of the agent binary: {e}"));
+    }
     let (shutdown, shutdown_requested) = power::shutdown_channel();
     let on_signal = shutdown.clone();
     let reaper = Arc::new(Reaper::new());

@@ -1289,3 +1289,162 @@ fn oom_kill_is_reported_before_the_exit() {
     assert_eq!(out.join().unwrap(), "survived\n");
     h.remove("oom2", false).expect("RemoveContainer");
 }
+
+/// runc CVE-2021-30465: a sibling container that shares a volume swaps a
+/// directory of it for a symlink, so a mount nested in the volume lands
+/// elsewhere in (or out of) the container. A link on a volume is never
+/// followed for a mount's destination; one in the image's own tree is,
+/// inside the root; a real directory in the volume takes the mount.
+#[test]
+fn mount_destinations_never_follow_links_a_volume_holds() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-mountlinks");
+    let vol = h.dir.0.join("vol");
+    std::fs::create_dir_all(vol.join("real")).unwrap();
+    symlink("/etc", vol.join("sub")).unwrap();
+    let with_mounts = |args: &[&str], nested: &str| {
+        let mut s = spec(args);
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "bind",
+            "source": vol.display().to_string(), "options": ["rbind", "rw"]}));
+        mounts.push(json!({"destination": nested, "type": "tmpfs", "source": "nested"}));
+        s
+    };
+    let s = with_mounts(&["true"], "/data/sub/x");
+    let (c, msg) = code(&h.create("m1", &s, (false, false, false)).unwrap_err());
+    assert_eq!(c, Code::INTERNAL, "{msg}");
+    assert!(
+        msg.contains("sub is a symlink") && msg.contains("not followed"),
+        "{msg}"
+    );
+    assert!(!h.rootfs.join("etc/x").exists(), "made a directory in /etc");
+
+    let s = with_mounts(
+        &["sh", "-c", "awk '$2 ~ /data/ {print $1, $2}' /proc/mounts"],
+        "/data/real/x",
+    );
+    let created = h
+        .create("m2", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("m2");
+    assert_eq!(h.wait("m2", "").exit_code, 0);
+    let out = out.join().unwrap();
+    assert!(out.contains("nested /data/real/x"), "{out}");
+    h.remove("m2", false).expect("RemoveContainer");
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
+/// CVE-2025-31133: masked files are covered with the null device only: a
+/// /dev/null that is something else (a link to a file the container may
+/// write, a regular file) is refused, never bound over the masked path.
+/// Masked directories get an empty read-only tmpfs.
+#[test]
+fn masked_paths_use_only_the_real_null_device() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-mask");
+    std::fs::create_dir_all(h.rootfs.join("etc/secrets")).unwrap();
+    std::fs::write(h.rootfs.join("etc/secrets/key"), "key").unwrap();
+    std::fs::write(h.rootfs.join("etc/secret"), "secret").unwrap();
+    let s = spec(&[
+        "sh",
+        "-c",
+        "cat /etc/secret; ls -A /etc/secrets; touch /etc/secrets/x 2>/dev/null || echo ro; \
+         stat -c '%t:%T' /etc/secret",
+    ]);
+    let created = h
+        .create("k1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("k1");
+    assert_eq!(h.wait("k1", "").exit_code, 0);
+    assert_eq!(out.join().unwrap(), "ro\n1:3\n");
+    h.remove("k1", false).expect("RemoveContainer");
+
+    // The image's own /dev (no tmpfs there) with a fake null device.
+    let image_dev = |null: &dyn Fn(&Path)| {
+        let dev = h.rootfs.join("dev");
+        let _ = std::fs::remove_dir_all(&dev);
+        std::fs::create_dir_all(&dev).unwrap();
+        null(&dev.join("null"));
+        let mut s = spec(&["true"]);
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
+        let (c, msg) = code(&h.create("k2", &s, (false, false, false)).unwrap_err());
+        assert_eq!(c, Code::INTERNAL, "{msg}");
+        msg
+    };
+    let msg = image_dev(&|p| symlink("/etc/shadow-like", p).unwrap());
+    assert!(msg.contains("/dev/null does not exist"), "{msg}");
+    std::fs::write(h.rootfs.join("etc/shadow-like"), "writable").unwrap();
+    let msg = image_dev(&|p| symlink("/etc/shadow-like", p).unwrap());
+    assert!(msg.contains("not the null device"), "{msg}");
+    let msg = image_dev(&|p| std::fs::write(p, "").unwrap());
+    assert!(
+        msg.contains("RegularFile 0:0, not the null device"),
+        "{msg}"
+    );
+    assert!(h.agent_children().is_empty(), "{:?}", h.agent_children());
+}
+
+/// CVE-2025-52881: sysctls and oomScoreAdj are written through a private
+/// procfs, so a mount the container's spec (or a sibling's volume) puts
+/// over /proc/sys cannot take the write: here a tmpfs there would have
+/// swallowed `kernel.hostname` into a plain file.
+#[test]
+fn proc_writes_go_to_the_real_procfs_whatever_covers_proc() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-procfs");
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "hostname; cat /proc/self/oom_score_adj; ls /proc/sys",
+    ]);
+    s["process"]["oomScoreAdj"] = 123.into();
+    s["linux"]["sysctl"] = json!({"kernel.hostname": "via-sysctl"});
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/proc/sys", "type": "tmpfs", "source": "decoy"}));
+    let created = h
+        .create("p1", &s, (false, true, false))
+        .expect("CreateContainer");
+    let out = h.collect(created.stdio.into_option().unwrap().stdout_port);
+    h.start_container("p1");
+    assert_eq!(h.wait("p1", "").exit_code, 0);
+    // The decoy tmpfs stays empty; the write reached the UTS namespace.
+    assert_eq!(out.join().unwrap(), "via-sysctl\n123\n");
+    h.remove("p1", false).expect("RemoveContainer");
+}
+
+/// CVE-2019-5736 class: a container's init runs agent code in the
+/// container until it execs the workload; its /proc/<pid>/exe is a sealed
+/// memfd copy of the agent, which no write through that link can change,
+/// never the agent's own file.
+#[test]
+fn container_init_runs_from_a_sealed_copy_of_the_agent() {
+    require_root_and_busybox();
+    let h = Harness::start("ctr-sealed");
+    h.create("e1", &spec(&["true"]), (false, false, false))
+        .expect("CreateContainer");
+    // Created, not started: the init waits for Start, still agent code.
+    let children = h.agent_children();
+    assert_eq!(children.len(), 1, "{children:?}");
+    let exe = format!("/proc/{}/exe", children[0]);
+    let link = std::fs::read_link(&exe).unwrap();
+    assert!(
+        link.to_string_lossy().starts_with("/memfd:palisade-agent"),
+        "{}",
+        link.display()
+    );
+    let before = std::fs::read(&exe).unwrap();
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&exe) {
+        assert!(f.write_all(b"overwritten").is_err(), "wrote into {exe}");
+    }
+    assert!(std::fs::read(&exe).unwrap() == before, "{exe} changed");
+    h.start_container("e1");
+    assert_eq!(h.wait("e1", "").exit_code, 0);
+    h.remove("e1", false).expect("RemoveContainer");
+}

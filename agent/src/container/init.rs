@@ -38,6 +38,7 @@ use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 
+use super::procfs::ProcFs;
 use super::rootfs;
 use super::seccomp;
 use super::spawn::{Channel, FromInit, ToInit, CHANNEL_FD};
@@ -102,9 +103,11 @@ fn run(channel: &mut Channel) -> Result<Infallible, InitError> {
 
 /// Everything up to the exec; returns the program to run.
 fn setup(config: &InitConfig, channel: &mut Channel) -> Result<CString, InitError> {
-    // Through the agent's /proc, before the container's mount namespace.
+    // Every /proc write goes through this private procfs, made while
+    // this process is still in the guest's namespaces (procfs.rs).
+    let proc = ProcFs::private().map_err(step("opening a private procfs"))?;
     if let Some(adj) = config.process.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        proc.write(Path::new("self/oom_score_adj"), adj.to_string().as_bytes())
             .map_err(step("setting oomScoreAdj"))?;
     }
     join_namespaces(&config.namespaces)?;
@@ -122,8 +125,8 @@ fn setup(config: &InitConfig, channel: &mut Channel) -> Result<CString, InitErro
         }
     }
     for (key, value) in &config.sysctl {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| InitError {
+        let path = PathBuf::from("sys").join(key.replace('.', "/"));
+        proc.write(&path, value.as_bytes()).map_err(|e| InitError {
             step: "setting sysctls",
             error: format!("{key}={value}: {e}"),
         })?;

@@ -24,13 +24,17 @@
 mod cgroup_view;
 pub mod cgroups;
 pub mod events;
+mod fdmount;
 pub mod init;
+mod inroot;
 mod mounts;
 mod oci;
 mod oom;
 mod paths;
 pub mod process;
+mod procfs;
 mod rootfs;
+pub mod sealed_exe;
 mod seccomp;
 mod spawn;
 pub mod spec;

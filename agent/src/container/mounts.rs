@@ -2,15 +2,18 @@
 //! changes and filesystem data (parent side, pure), and doing the mounts
 //! under the new rootfs (container side).
 
-use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
+use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags, CWD};
 use serde::{Deserialize, Serialize};
 
-use super::paths::secure_join;
+use super::fdmount::{
+    attach, attrs_of, clone_tree, fd_path, set_attrs, verify_landed, verify_new_mount,
+};
+use super::inroot::{mnt_id, Kind, Root};
 
 /// A mount as the container's init process performs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,39 +158,63 @@ fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> 
     move |e| io::Error::other(format!("{what}: {e}"))
 }
 
-/// Mounts `m` under `rootfs` (before pivot_root).
-pub fn mount_under(rootfs: &Path, m: &MountPlan) -> io::Result<()> {
-    let dest = secure_join(rootfs, &m.destination)
-        .map_err(ctx(format_args!("resolving {}", m.destination.display())))?;
+/// Where the shim's share is in the guest: bind sources under it are
+/// opened without following any link (the shim makes that tree, and a
+/// link in it could only be a guest's doing).
+const GUEST_SHARE: &str = "/run/palisade/shared";
+
+/// Opens a bind source (a guest path) as an fd, so what is bound is what
+/// was opened, not what the name leads to a moment later.
+fn open_bind_source(source: &Path) -> io::Result<OwnedFd> {
+    let mut resolve = ResolveFlags::NO_MAGICLINKS;
+    if source.starts_with(GUEST_SHARE) {
+        resolve |= ResolveFlags::NO_SYMLINKS;
+    }
+    openat2(
+        CWD,
+        source,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve,
+    )
+    .map_err(ctx(format_args!(
+        "opening bind source {}",
+        source.display()
+    )))
+}
+
+/// Mounts `m` under `root` (before pivot_root, with the guest's /proc).
+/// The destination is found or made through fds (`inroot.rs`), the mount
+/// goes onto that fd, and is then checked to be where the container
+/// resolves the destination.
+pub fn mount_under(root: &Root, m: &MountPlan) -> io::Result<()> {
+    let dest = &m.destination;
     let mount_flags = flags(m.flags);
-    if m.bind {
+    let mounted = if m.bind {
         let source = m.source.as_deref().ok_or_else(|| {
-            io::Error::other(format!(
-                "bind mount on {} has no source",
-                m.destination.display()
-            ))
+            io::Error::other(format!("bind mount on {} has no source", dest.display()))
         })?;
-        make_mount_point(
-            &dest,
-            fs::metadata(source).map(|md| md.is_dir()).unwrap_or(true),
-        )?;
-        let bind_flags = MsFlags::MS_BIND | (mount_flags & MsFlags::MS_REC);
-        mount(Some(source), &dest, None::<&str>, bind_flags, None::<&str>).map_err(ctx(
-            format_args!(
-                "bind-mounting {} on {}",
-                source.display(),
-                m.destination.display()
-            ),
-        ))?;
-        let extra = mount_flags & BIND_REMOUNT_FLAGS;
-        if !extra.is_empty() {
-            remount_bind(&dest, extra).map_err(ctx(format_args!(
-                "applying options to bind mount {}",
-                m.destination.display()
+        let source_fd = open_bind_source(source)?;
+        let is_dir = rustix::fs::fstat(&source_fd)
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+            .map_err(ctx(format_args!(
+                "fstat of bind source {}",
+                source.display()
             )))?;
-        }
+        let target = root.create(dest, if is_dir { Kind::Dir } else { Kind::File })?;
+        let what = || format!("bind-mounting {} on {}", source.display(), dest.display());
+        let tree = clone_tree(source_fd.as_fd(), mount_flags.contains(MsFlags::MS_REC))
+            .map_err(ctx(what()))?;
+        let (set, clr) = attrs_of(mount_flags & BIND_REMOUNT_FLAGS);
+        set_attrs(tree.as_fd(), set, clr).map_err(ctx(format_args!(
+            "applying options to bind mount {}",
+            dest.display()
+        )))?;
+        attach(tree.as_fd(), target.as_fd()).map_err(ctx(what()))?;
+        verify_landed(root, dest, mnt_id(tree.as_fd())?)?
     } else {
-        make_mount_point(&dest, true)?;
+        let target = root.create(dest, Kind::Dir)?;
+        let under = mnt_id(target.as_fd())?;
         // Containers written for cgroup v1 hosts ask for "cgroup"; the guest
         // has only the unified hierarchy.
         let fstype = match m.fstype.as_deref() {
@@ -195,78 +222,32 @@ pub fn mount_under(rootfs: &Path, m: &MountPlan) -> io::Result<()> {
             other => other,
         };
         let data = (!m.data.is_empty()).then_some(m.data.as_str());
-        mount(m.source.as_deref(), &dest, fstype, mount_flags, data).map_err(ctx(format_args!(
-            "mounting {} on {}",
-            fstype.unwrap_or("?"),
-            m.destination.display()
+        let on = fd_path(target.as_fd());
+        mount(m.source.as_deref(), on.as_str(), fstype, mount_flags, data).map_err(ctx(
+            format_args!("mounting {} on {}", fstype.unwrap_or("?"), dest.display()),
+        ))?;
+        if mount_flags.contains(MsFlags::MS_REMOUNT) {
+            // A remount changes the mount already there; nothing new.
+            target
+        } else {
+            verify_new_mount(root, dest, under)?
+        }
+    };
+    let on = fd_path(mounted.as_fd());
+    for p in &m.propagation {
+        mount(
+            None::<&str>,
+            on.as_str(),
+            None::<&str>,
+            flags(*p),
+            None::<&str>,
+        )
+        .map_err(ctx(format_args!(
+            "setting propagation of {}",
+            dest.display()
         )))?;
     }
-    for p in &m.propagation {
-        mount(None::<&str>, &dest, None::<&str>, flags(*p), None::<&str>).map_err(ctx(
-            format_args!("setting propagation of {}", m.destination.display()),
-        ))?;
-    }
     Ok(())
-}
-
-/// Remounts the bind mount at `path` with `extra`, keeping the flags it
-/// already has (the kernel refuses to drop locked ones, and silently drops
-/// unlocked ones not repeated).
-pub fn remount_bind(path: &Path, extra: MsFlags) -> nix::Result<()> {
-    let current = nix::sys::statvfs::statvfs(path)?;
-    let mut keep = MsFlags::empty();
-    use nix::sys::statvfs::FsFlags;
-    for (fs, ms) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if current.flags().contains(fs) {
-            keep |= ms;
-        }
-    }
-    mount(
-        None::<&str>,
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | keep | extra,
-        None::<&str>,
-    )
-}
-
-/// Creates what a mount needs to land on: a directory, or an empty file
-/// for binding a file.
-pub fn make_mount_point(dest: &Path, dir: bool) -> io::Result<()> {
-    if dir {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dest)
-            .map_err(ctx(format_args!("creating mount point {}", dest.display())))
-    } else {
-        if let Some(parent) = dest.parent() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(ctx(format_args!("creating {}", parent.display())))?;
-        }
-        match OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dest)
-        {
-            Ok(_) => Ok(()),
-            // Already a directory (or anything else): mount(2) decides.
-            Err(_) if dest.exists() => Ok(()),
-            Err(e) => Err(ctx(format_args!("creating mount point {}", dest.display()))(e)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! dies with its last process: no mount can leak into the guest.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
@@ -26,8 +26,10 @@ use nix::unistd::{
     chdir, fchdir, fchownat, pivot_root, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags,
 };
 
-use super::mounts::{make_mount_point, mount_under, remount_bind};
-use super::paths::secure_join;
+use super::fdmount::{attach, clone_tree, set_attrs, verify_landed, MOUNT_ATTR_RDONLY};
+use super::inroot::{mnt_id, Kind, Root};
+use super::mounts::mount_under;
+use super::procfs;
 use super::spec::{DevicePlan, RootfsPlan};
 
 /// Nodes every container gets on a fresh /dev (the OCI spec's list).
@@ -57,7 +59,6 @@ fn ioerr(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
 }
 
 pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
-    let root = &plan.path;
     mount(
         None::<&str>,
         "/",
@@ -66,22 +67,18 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
         None::<&str>,
     )
     .map_err(err("making / a slave mount"))?;
-    make_root_pivotable(root)?;
-    mount(
-        Some(root),
-        root,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(err(format_args!("bind-mounting rootfs {}", root.display())))?;
+    // mount(2) reaches the fds below through /proc/self/fd: this must be
+    // the guest's procfs (it is: this is still the guest's tree).
+    procfs::check_root("/proc").map_err(ioerr("the guest's /proc"))?;
+    make_root_pivotable()?;
+    let root = bind_rootfs(&plan.path)?;
     for m in &plan.mounts {
-        mount_under(root, m)?;
+        mount_under(&root, m)?;
     }
     if plan.default_devices {
         for (path, major, minor) in DEFAULT_DEVICES {
             create_device(
-                root,
+                &root,
                 &DevicePlan {
                     path: path.into(),
                     kind: libc::S_IFCHR,
@@ -96,7 +93,7 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
         for (target, link) in DEV_LINKS {
             // Not through a link already at the name (symlinkat does not
             // follow one): whatever a mount put there stays.
-            let (dir, name) = open_dev_parent(root, Path::new(link))?;
+            let (dir, name) = open_dev_parent(&root, Path::new(link))?;
             match symlinkat(*target, Some(dir.as_raw_fd()), name) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(err(format_args!("linking {link}"))(e)),
@@ -104,9 +101,9 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
         }
     }
     for d in &plan.devices {
-        create_device(root, d)?;
+        create_device(&root, d)?;
     }
-    enter(root)?;
+    enter(&root)?;
     let propagation = MsFlags::from_bits_truncate(plan.propagation);
     mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
         .map_err(err("setting rootfs propagation"))
@@ -114,28 +111,36 @@ pub fn prepare(plan: &RootfsPlan) -> io::Result<()> {
 
 /// pivot_root(2) refuses to move the initial ramfs, and in the guest that
 /// is `/`: the agent runs from its initramfs. So first give this mount
-/// namespace a root that is an ordinary mount: a recursive bind of `/`,
-/// moved on top of `/` and chrooted into (the recipe crun and bubblewrap
-/// users apply for initramfs). Done on hosts too, so host tests run the
+/// namespace a root that is an ordinary mount: a detached recursive copy
+/// of `/` (open_tree), attached on top of `/` and chrooted into (the
+/// recipe crun and bubblewrap users apply for initramfs, with fds instead
+/// of a scratch directory). Done on hosts too, so host tests run the
 /// guest's path.
-///
-/// The bind is mounted on the rootfs directory only because that is a
-/// directory known to exist; the move takes it away again, and the copy
-/// of the tree was taken before it, so the rootfs looks untouched.
-fn make_root_pivotable(scratch: &Path) -> io::Result<()> {
-    mount(
-        Some("/"),
-        scratch,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
+fn make_root_pivotable() -> io::Result<()> {
+    let slash = Root::open(Path::new("/"))?;
+    let copy = clone_tree(slash.fd(), true).map_err(ioerr("copying / for pivot_root"))?;
+    rustix::mount::move_mount(
+        &copy,
+        "",
+        rustix::fs::CWD,
+        "/",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(err("binding / for pivot_root"))?;
-    chdir(scratch).map_err(err("entering the bind of /"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(err("moving the bind of / onto /"))?;
-    nix::unistd::chroot(".").map_err(err("chroot into the bind of /"))?;
+    .map_err(|e| io::Error::other(format!("mounting the copy of / on /: {e}")))?;
+    fchdir(copy.as_raw_fd()).map_err(err("entering the copy of /"))?;
+    nix::unistd::chroot(".").map_err(err("chroot into the copy of /"))?;
     chdir("/").map_err(err("chdir /"))
+}
+
+/// Binds the rootfs onto itself (pivot_root needs a mount point) through
+/// its fd, and returns the new mount as the container's root: every later
+/// step works from that fd, never from the rootfs's name.
+fn bind_rootfs(path: &Path) -> io::Result<Root> {
+    let dir = Root::open(path)?;
+    let what = || format!("bind-mounting rootfs {}", path.display());
+    let tree = clone_tree(dir.fd(), true).map_err(ioerr(what()))?;
+    attach(tree.as_fd(), dir.fd()).map_err(ioerr(what()))?;
+    Root::from_fd(tree, path)
 }
 
 /// Creates the node `d` at its own path. The path is the container's to
@@ -146,7 +151,7 @@ fn make_root_pivotable(scratch: &Path) -> io::Result<()> {
 /// that /dev, under exactly the name given. A link or an older node at the
 /// name is replaced, as runc does; anything else there is an error (the
 /// OCI spec's rule for a path that holds something else).
-fn create_device(root: &Path, d: &DevicePlan) -> io::Result<()> {
+fn create_device(root: &Root, d: &DevicePlan) -> io::Result<()> {
     let what = d.path.display();
     let fail = |doing: &str, e: nix::Error| io::Error::other(format!("{doing} {what}: {e}"));
     let (dir, name) = open_dev_parent(root, &d.path)?;
@@ -204,7 +209,7 @@ fn replaceable(kind: SFlag) -> bool {
 /// one of the defaults), creating missing directories, and returns it with
 /// the last component. /dev itself is found as the mounts found it (under
 /// `root`, links clamped to it); below it, no link is followed.
-fn open_dev_parent<'p>(root: &Path, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+fn open_dev_parent<'p>(root: &Root, path: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
     let what = path.display();
     let rel = path
         .strip_prefix("/dev")
@@ -223,10 +228,7 @@ fn open_dev_parent<'p>(root: &Path, path: &'p Path) -> io::Result<(OwnedFd, &'p 
     let name = parts
         .pop()
         .ok_or_else(|| io::Error::other(format!("device path {what} names /dev itself")))?;
-    let dev = secure_join(root, Path::new("/dev"))?;
-    make_mount_point(&dev, true)?;
-    let mut dir = open_dir(None, dev.as_os_str())
-        .map_err(|e| io::Error::other(format!("opening the container's /dev: {e}")))?;
+    let mut dir = root.create(Path::new("/dev"), Kind::Dir)?;
     let mut walked = PathBuf::from("/dev");
     for part in parts {
         walked.push(part);
@@ -299,15 +301,9 @@ fn kind_name(kind: SFlag) -> &'static str {
 /// link at /dev/console (a link there is replaced, as for devices).
 pub fn bind_console(pty: BorrowedFd) -> io::Result<()> {
     let fail = |doing: &str, e: Errno| io::Error::other(format!("{doing}: {e}"));
-    let dev = openat(
-        None,
-        "/dev",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fail("opening the container's /dev", e))?;
-    // SAFETY: openat returned a new fd that nothing else owns.
-    let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+    let dev = Root::open(Path::new("/"))?
+        .resolve(Path::new("/dev"))?
+        .ok_or_else(|| io::Error::other("the container has no /dev"))?;
     let name = OsStr::new("console");
     let existing = entry_kind(dev.as_fd(), name).map_err(|e| fail("looking at /dev/console", e))?;
     let create = match existing {
@@ -388,12 +384,11 @@ pub fn bind_console(pty: BorrowedFd) -> io::Result<()> {
 
 /// pivot_root into `root` and detach the old root, the way runc does it:
 /// pivot_root(".", ".") stacks the old root under the new one, so no
-/// directory for it is needed in the image.
-fn enter(root: &Path) -> io::Result<()> {
-    let new_root = File::open(root).map_err(ioerr(format_args!("opening {}", root.display())))?;
+/// directory for it is needed in the image. Entered by fd.
+fn enter(root: &Root) -> io::Result<()> {
     let old_root = File::open("/").map_err(ioerr("opening /"))?;
-    fchdir(new_root.as_raw_fd()).map_err(err("entering the rootfs"))?;
-    pivot_root(".", ".").map_err(err(format_args!("pivot_root into {}", root.display())))?;
+    fchdir(root.fd().as_raw_fd()).map_err(err("entering the rootfs"))?;
+    pivot_root(".", ".").map_err(err("pivot_root into the rootfs"))?;
     fchdir(old_root.as_raw_fd()).map_err(err("entering the old root"))?;
     // Slave first, so the unmount below cannot propagate to the guest.
     mount(
@@ -408,62 +403,102 @@ fn enter(root: &Path) -> io::Result<()> {
     chdir("/").map_err(err("chdir /"))
 }
 
+/// After pivot_root, /proc is the container's own (a mount it controls),
+/// so nothing here goes through /proc/self/fd: binds are fd to fd, flags
+/// are set with mount_setattr on the fd.
 pub fn finish(plan: &RootfsPlan) -> io::Result<()> {
+    let root = Root::open(Path::new("/"))?;
     for p in &plan.readonly_paths {
-        readonly_path(p)?;
+        readonly_path(&root, p)?;
     }
+    let mut null = None;
     for p in &plan.masked_paths {
-        mask_path(p)?;
+        mask_path(&root, &mut null, p)?;
     }
     if plan.readonly {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY)
-            .map_err(err("making the rootfs read-only"))?;
+        set_attrs(root.fd(), MOUNT_ATTR_RDONLY, 0).map_err(ioerr("making the rootfs read-only"))?;
     }
     Ok(())
 }
 
-fn readonly_path(p: &Path) -> io::Result<()> {
-    match mount(
-        Some(p),
-        p,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    ) {
-        Ok(()) => {}
-        Err(nix::Error::ENOENT) => return Ok(()),
-        Err(e) => {
-            return Err(err(format_args!("binding read-only path {}", p.display()))(
-                e,
-            ))
-        }
-    }
-    remount_bind(p, MsFlags::MS_RDONLY)
-        .map_err(err(format_args!("making {} read-only", p.display())))
+fn readonly_path(root: &Root, p: &Path) -> io::Result<()> {
+    let what = || format!("binding read-only path {}", p.display());
+    let Some(fd) = root.resolve(p).map_err(ioerr(what()))? else {
+        return Ok(());
+    };
+    let tree = clone_tree(fd.as_fd(), true).map_err(ioerr(what()))?;
+    set_attrs(tree.as_fd(), MOUNT_ATTR_RDONLY, 0)
+        .map_err(ioerr(format_args!("making {} read-only", p.display())))?;
+    attach(tree.as_fd(), fd.as_fd()).map_err(ioerr(what()))?;
+    verify_landed(root, p, mnt_id(tree.as_fd())?)?;
+    Ok(())
 }
 
-fn mask_path(p: &Path) -> io::Result<()> {
-    let meta = match fs::metadata(p) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ioerr(format_args!("masking {}", p.display()))(e)),
+/// Masks `p`: a file with the null device, a directory with an empty
+/// read-only tmpfs. CVE-2025-31133: binding whatever the container's
+/// /dev/null is would let a container (or a sibling sharing its /dev or a
+/// volume there) swap it for a link to, say, /proc/sys/kernel/core_pattern
+/// and have the runtime bind that writable file over a masked path. So
+/// the source is opened without following a link, checked by fstat to be
+/// the character device 1:3, and that very fd is cloned (open_tree) and
+/// attached onto the target's fd; anything else is refused.
+fn mask_path(root: &Root, null: &mut Option<OwnedFd>, p: &Path) -> io::Result<()> {
+    let what = || format!("masking {}", p.display());
+    let Some(target) = root.resolve(p).map_err(ioerr(what()))? else {
+        return Ok(());
     };
-    let result = if meta.is_dir() {
-        mount(
-            Some("tmpfs"),
-            p,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
+    let is_dir = rustix::fs::fstat(&target)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+        .map_err(|e| io::Error::other(format!("masking {}: {e}", p.display())))?;
+    let tree = if is_dir {
+        empty_readonly_tmpfs().map_err(ioerr(what()))?
     } else {
-        mount(
-            Some("/dev/null"),
-            p,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
+        let null = match null {
+            Some(fd) => fd,
+            None => null.insert(open_null(root)?),
+        };
+        clone_tree(null.as_fd(), false).map_err(ioerr(what()))?
     };
-    result.map_err(err(format_args!("masking {}", p.display())))
+    attach(tree.as_fd(), target.as_fd()).map_err(ioerr(what()))?;
+    verify_landed(root, p, mnt_id(tree.as_fd())?)?;
+    Ok(())
+}
+
+/// The container's /dev/null, if it is the null device (1:3, a character
+/// device; not a link, which is not followed), for masking files.
+fn open_null(root: &Root) -> io::Result<OwnedFd> {
+    let refuse = |why: String| {
+        io::Error::other(format!(
+            "the container's /dev/null {why}; masked paths are bound to the null device              (character device 1:3) only"
+        ))
+    };
+    let fd = root
+        .resolve(Path::new("/dev/null"))?
+        .ok_or_else(|| refuse("does not exist".into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| refuse(format!("cannot be inspected: {e}")))?;
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    if kind != rustix::fs::FileType::CharacterDevice || (major, minor) != (1, 3) {
+        return Err(refuse(format!(
+            "is a {kind:?} {major}:{minor}, not the null device"
+        )));
+    }
+    Ok(fd)
+}
+
+/// A new tmpfs, read-only from the start and never attached anywhere
+/// before it covers its target: nothing can be put in it.
+fn empty_readonly_tmpfs() -> io::Result<OwnedFd> {
+    use rustix::mount::{fsconfig_create, fsmount, fsopen};
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&fs)?;
+    Ok(fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?)
 }

@@ -5,7 +5,8 @@
 //! calls until it execs: another thread may have held the allocator's lock
 //! at the fork. So the child is created with a raw clone(2) (which also
 //! creates its namespaces), only dup2s its fds into place and re-executes
-//! the agent binary (`/proc/self/exe __palisade-container-init`). The fresh,
+//! the agent binary (`palisade-agent __palisade-container-init`, from the
+//! sealed memfd copy of sealed_exe.rs, never the agent's file). The fresh,
 //! single-threaded process then does the container setup in ordinary Rust
 //! (see `init.rs`), driven by messages on fd 3. That is runc's design too;
 //! youki's libcontainer instead runs its setup in the cloned child without
@@ -31,6 +32,7 @@ use nix::unistd::Pid;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::sealed_exe;
 use super::spec::InitConfig;
 use super::stdio::{high, ChildStdio};
 use crate::reaper::{ExitStatus, Reaper};
@@ -201,7 +203,8 @@ pub struct Spawned {
 /// Everything the child needs, allocated before clone: after it, the child
 /// must not allocate.
 struct ExecPlan {
-    exe: CString,
+    /// The sealed copy of the agent (execveat with AT_EMPTY_PATH).
+    exe: RawFd,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     fds: Vec<(RawFd, RawFd)>,
@@ -209,7 +212,7 @@ struct ExecPlan {
 }
 
 impl ExecPlan {
-    fn new(fds: Vec<(RawFd, RawFd)>) -> Self {
+    fn new(exe: BorrowedFd<'_>, fds: Vec<(RawFd, RawFd)>) -> Self {
         let strings = vec![
             CString::from(c"palisade-agent"),
             CString::new(INIT_ARG).unwrap_or_default(),
@@ -217,7 +220,7 @@ impl ExecPlan {
         let mut argv: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
         Self {
-            exe: CString::from(c"/proc/self/exe"),
+            exe: exe.as_raw_fd(),
             argv,
             envp: vec![std::ptr::null()],
             fds,
@@ -241,7 +244,15 @@ unsafe fn exec_child(plan: &ExecPlan) -> ! {
             libc::_exit(126);
         }
     }
-    libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+    // execveat(2) is a raw system call: async-signal-safe.
+    libc::syscall(
+        libc::SYS_execveat,
+        plan.exe,
+        c"".as_ptr(),
+        plan.argv.as_ptr(),
+        plan.envp.as_ptr(),
+        libc::AT_EMPTY_PATH,
+    );
     libc::_exit(127)
 }
 
@@ -281,19 +292,24 @@ fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Starts `/proc/self/exe __palisade-container-init` in new namespaces
-/// with the given stdio and a channel on fd 3.
+/// Starts the sealed copy of the agent as `__palisade-container-init` in
+/// new namespaces with the given stdio and a channel on fd 3.
 pub fn spawn(reaper: &Reaper, req: SpawnRequest<'_>) -> io::Result<Spawned> {
+    let exe = sealed_exe::init()
+        .map_err(|e| io::Error::other(format!("no sealed copy of the agent to run: {e}")))?;
     let (ours, theirs) = UnixStream::pair()?;
     // Above 0-3, so the dup2s in the child cannot overwrite it.
     let theirs = high(theirs.into())?;
     let [stdin, stdout, stderr] = &req.stdio.0;
-    let plan = ExecPlan::new(vec![
-        (stdin.as_raw_fd(), 0),
-        (stdout.as_raw_fd(), 1),
-        (stderr.as_raw_fd(), 2),
-        (theirs.as_raw_fd(), CHANNEL_FD),
-    ]);
+    let plan = ExecPlan::new(
+        exe,
+        vec![
+            (stdin.as_raw_fd(), 0),
+            (stdout.as_raw_fd(), 1),
+            (stderr.as_raw_fd(), 2),
+            (theirs.as_raw_fd(), CHANNEL_FD),
+        ],
+    );
     let ((pid, pidfd), exit) = reaper.spawn_watched(|| {
         let pid = match req.pid_namespace {
             Some(ns) => clone_in_pid_ns(ns, req.clone_flags, &plan)?,
