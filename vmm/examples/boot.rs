@@ -60,6 +60,7 @@ fn main() {
             dir: PathBuf::from(dir),
             max_open_files: DEFAULT_MAX_OPEN_FILES,
         }),
+        net: None,
     };
     let events =
         Arc::new(move |e| eprintln!("+{:.1} ms: {e:?}", (monotonic_ns() - start) as f64 / 1e6));

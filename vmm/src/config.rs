@@ -22,6 +22,23 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A host directory exported to the guest over virtio-fs, if any.
     pub shared_fs: Option<SharedFsConfig>,
+    /// The pod's network interface, if it has one.
+    pub net: Option<NetConfig>,
+}
+
+/// virtio-net on a tap the VMM inherited as an open file descriptor: the
+/// shim creates the tap in the pod's network namespace, so the VMM opens
+/// no network device itself and needs no network privileges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The inherited tap fd (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`); the VMM
+    /// takes it over when it builds the VM.
+    pub tap_fd: i32,
+    /// The guest NIC's MAC address: the pod interface's, so the CNI
+    /// plugins' view (ARP, DHCP leases, port maps) holds for the guest.
+    pub mac: [u8; 6],
+    /// The pod interface's MTU.
+    pub mtu: u16,
 }
 
 /// virtio-vsock with the hybrid unix-socket backend: host-initiated

@@ -14,7 +14,7 @@ pub mod event_loop;
 mod vmm;
 pub mod vstate;
 
-pub use config::{SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig};
+pub use config::{NetConfig, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig};
 pub use devices::legacy::console_log::{
     rotated_path as rotated_console_log, DEFAULT_MAX_BYTES as DEFAULT_CONSOLE_LOG_MAX_BYTES,
 };

@@ -19,12 +19,15 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::fs::{self as virtio_fs, VirtioFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{tap::Tap, Net, NetParams};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{Control, EventLoop};
 use crate::vstate::vcpu::{self, VcpuShared, VcpuStop};
 use crate::vstate::{memory, vm};
-use crate::{EventSink, SerialLogConfig, SharedFsConfig, VmConfig, VmExit, BOOT_SIGNAL_PORT};
+use crate::{
+    EventSink, NetConfig, SerialLogConfig, SharedFsConfig, VmConfig, VmExit, BOOT_SIGNAL_PORT,
+};
 
 /// The command line every palisade guest gets before the user's: console
 /// on the 8250, reset through the i8042 (the VMM's exit), reboot at once
@@ -52,6 +55,8 @@ pub enum Error {
     Vsock(#[from] crate::devices::virtio::vsock::backend::BackendError),
     #[error(transparent)]
     SharedFs(#[from] virtio_fs::FsError),
+    #[error(transparent)]
+    Tap(#[from] crate::devices::virtio::net::tap::TapError),
     #[error("device layout: {0}")]
     Bus(#[from] OverlapError),
     #[error("cannot open the serial log {path}: {source}")]
@@ -206,6 +211,29 @@ fn with_open_file_limit(config: &SharedFsConfig) -> SharedFsConfig {
 
 /// Puts a virtio device on the MMIO bus with its interrupt and queue
 /// notifications wired through KVM; returns its (address, irq).
+/// Takes ownership of the tap fd the VMM inherited, once: it must be open
+/// (a number that names nothing, or fd 0-2, is a supervisor bug).
+fn take_tap(n: &NetConfig) -> Result<Tap, Error> {
+    if n.tap_fd <= 2 {
+        return Err(Error::Config(format!(
+            "tap fd {} is one of the standard streams",
+            n.tap_fd
+        )));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(n.tap_fd, libc::F_GETFD) } < 0 {
+        return Err(Error::Config(format!(
+            "tap fd {} is not open in the VMM: {}",
+            n.tap_fd,
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the fd is open, was handed to this process for the tap, and
+    // nothing else in the VMM owns it; run_vm is called once per process.
+    let fd = unsafe { OwnedFd::from_raw_fd(n.tap_fd) };
+    Ok(Tap::from_fd(fd)?)
+}
+
 fn attach_virtio(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -286,6 +314,23 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
         event_loop
             .add_handler(fs)
             .map_err(io("polling the virtio-fs device"))?;
+    }
+
+    if let Some(n) = &config.net {
+        let net = Arc::new(Mutex::new(
+            Net::new(
+                NetParams {
+                    mac: n.mac,
+                    mtu: n.mtu,
+                },
+                take_tap(n)?,
+            )
+            .map_err(io("creating the virtio-net device"))?,
+        ));
+        virtio_slots.push(attach_virtio(&vm, &mem, &mut mmio, net.clone(), 2)?);
+        event_loop
+            .add_handler(net)
+            .map_err(io("polling the virtio-net device"))?;
     }
 
     let guest = boot::load_kernel(&mem, &config.kernel)?;

@@ -6,8 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use palisade_vmm::{
-    SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX_BYTES,
-    DEFAULT_MAX_OPEN_FILES,
+    NetConfig, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig,
+    DEFAULT_CONSOLE_LOG_MAX_BYTES, DEFAULT_MAX_OPEN_FILES,
 };
 
 /// The hidden subcommand that turns either binary into a VMM process.
@@ -68,7 +68,38 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
             fs.max_open_files.to_string().into(),
         );
     }
+    if let Some(net) = &config.net {
+        push("--net-tap-fd", net.tap_fd.to_string().into());
+        push("--net-mac", format_mac(&net.mac).into());
+        push("--net-mtu", net.mtu.to_string().into());
+    }
     args
+}
+
+fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(flag: &'static str, value: &OsStr) -> Result<[u8; 6], ArgsError> {
+    let invalid = || ArgsError::Invalid {
+        flag,
+        value: value.to_os_string(),
+        reason: "not a MAC address (six hex bytes separated by colons)",
+    };
+    let text = value.to_str().ok_or_else(invalid)?;
+    let bytes = text
+        .split(':')
+        .map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)?;
+    bytes.try_into().map_err(|_| invalid())
 }
 
 /// Parses the arguments after the subcommand. The limits
@@ -87,6 +118,9 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut shared_dir = None;
     let mut shared_tag = None;
     let mut shared_max_open_files = None;
+    let mut net_tap_fd = None;
+    let mut net_mac = None;
+    let mut net_mtu = None;
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -103,6 +137,9 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             Some("--shared-dir") => "--shared-dir",
             Some("--shared-tag") => "--shared-tag",
             Some("--shared-max-open-files") => "--shared-max-open-files",
+            Some("--net-tap-fd") => "--net-tap-fd",
+            Some("--net-mac") => "--net-mac",
+            Some("--net-mtu") => "--net-mtu",
             _ => return Err(ArgsError::Unknown(arg.clone())),
         };
         let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
@@ -124,6 +161,9 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
                 flag,
                 number::<usize>(flag, value)?,
             )?,
+            "--net-tap-fd" => set(&mut net_tap_fd, flag, number::<i32>(flag, value)?)?,
+            "--net-mac" => set(&mut net_mac, flag, parse_mac(flag, value)?)?,
+            "--net-mtu" => set(&mut net_mtu, flag, number::<u16>(flag, value)?)?,
             _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
     }
@@ -154,6 +194,23 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
         (Some(_), None) => return Err(ArgsError::Required("--shared-tag")),
         (None, Some(_)) => return Err(ArgsError::Required("--shared-dir")),
     };
+    // All three or none: a tap without its MAC or MTU is a supervisor bug.
+    let net = match (net_tap_fd, net_mac, net_mtu) {
+        (Some(tap_fd), Some(mac), Some(mtu)) => {
+            if mtu < MIN_MTU {
+                return Err(ArgsError::Invalid {
+                    flag: "--net-mtu",
+                    value: mtu.to_string().into(),
+                    reason: "below IPv4's minimum MTU of 68",
+                });
+            }
+            Some(NetConfig { tap_fd, mac, mtu })
+        }
+        (None, None, None) => None,
+        (None, _, _) => return Err(ArgsError::Required("--net-tap-fd")),
+        (_, None, _) => return Err(ArgsError::Required("--net-mac")),
+        (_, _, None) => return Err(ArgsError::Required("--net-mtu")),
+    };
     Ok(VmConfig {
         kernel: kernel.ok_or(ArgsError::Required("--kernel"))?,
         initrd,
@@ -176,8 +233,12 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             uds_path,
         }),
         shared_fs,
+        net,
     })
 }
+
+/// IPv4's minimum MTU (RFC 791); the guest kernel refuses less.
+const MIN_MTU: u16 = 68;
 
 fn set<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), ArgsError> {
     if slot.is_some() {
@@ -249,6 +310,11 @@ mod tests {
                 dir: "/run/palisade/x/shared".into(),
                 max_open_files: 512,
             }),
+            net: Some(NetConfig {
+                tap_fd: 7,
+                mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x0a],
+                mtu: 1450,
+            }),
         }
     }
 
@@ -262,6 +328,7 @@ mod tests {
             serial_log: None,
             vsock: None,
             shared_fs: None,
+            net: None,
             ..sample()
         };
         assert_eq!(parse(&to_args(&minimal)), Ok(minimal));
@@ -407,6 +474,67 @@ mod tests {
             ])),
             Err(ArgsError::Invalid {
                 flag: "--vcpus",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_net_flags_come_together_and_are_checked() {
+        let base = ["--kernel", "/k", "--vcpus", "1", "--memory-mib", "64"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&os(&v))
+        };
+        let net = [
+            "--net-tap-fd",
+            "5",
+            "--net-mac",
+            "02:00:0A:ff:00:01",
+            "--net-mtu",
+            "1500",
+        ];
+        assert_eq!(
+            with(&net).expect("all three").net,
+            Some(NetConfig {
+                tap_fd: 5,
+                mac: [0x02, 0x00, 0x0a, 0xff, 0x00, 0x01],
+                mtu: 1500
+            })
+        );
+        assert_eq!(with(&net[..4]), Err(ArgsError::Required("--net-mtu")));
+        assert_eq!(with(&net[2..]), Err(ArgsError::Required("--net-tap-fd")));
+        for bad in [
+            "02:00:0a:ff:00",
+            "02:00:0a:ff:00:01:02",
+            "2:00:0a:ff:00:01",
+            "zz:00:0a:ff:00:01",
+        ] {
+            let args = ["--net-tap-fd", "5", "--net-mac", bad, "--net-mtu", "1500"];
+            assert!(
+                matches!(
+                    with(&args),
+                    Err(ArgsError::Invalid {
+                        flag: "--net-mac",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        let tiny = [
+            "--net-tap-fd",
+            "5",
+            "--net-mac",
+            "02:00:0a:ff:00:01",
+            "--net-mtu",
+            "67",
+        ];
+        assert!(matches!(
+            with(&tiny),
+            Err(ArgsError::Invalid {
+                flag: "--net-mtu",
                 ..
             })
         ));

@@ -264,6 +264,9 @@ impl VmmProcess {
                 dir: shared_dir.to_owned(),
                 max_open_files: hypervisor.virtio_fs_max_open_files as usize,
             }),
+            // Pod networking (the tap from the pod's namespace) comes with
+            // CRI support; until then a pod has loopback only.
+            net: None,
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];
         command_args.extend(args::to_args(&config));
