@@ -1,6 +1,6 @@
 #!/bin/bash
 # Self-test of the nested KVM test host (tests/testhost/run) and of
-# tests/lib/kvm-kind and tests/lib/with-kvm. Boots the test host about eight
+# tests/lib/kvm-kind and tests/lib/with-kvm. Boots the test host about nine
 # times (a few minutes under TCG). Ends with "N passed, N failed"; exits
 # non-zero when anything failed.
 set -uo pipefail
@@ -136,6 +136,25 @@ check "timeout: exit 124 (got $rc)" test "$rc" = 124
 check "timeout: took ${took}s (<= 60)" test "$took" -le 60
 check "timeout: says so" grep -q "timed out" "$work/t.err"
 no_leftovers "timeout"
+
+echo "# a hung test host (its heartbeat stopped): the watchdog ends the run"
+# The command stops /init's heartbeat loop (the only process the test host
+# protects from the OOM killer), as a test host spinning in its kernel
+# would; the run must end with 125 soon after the hang limit, not at its
+# timeout, and say why.
+start=$(date +%s)
+PALISADE_TESTHOST_HANG_TIMEOUT=20 "$run" --timeout 300 -- sh -c '
+    for p in /proc/[0-9]*; do
+        [ "$(cat "$p/oom_score_adj" 2>/dev/null)" = -1000 ] && kill -STOP "${p#/proc/}"
+    done
+    sleep 600' >/dev/null 2>"$work/h.err"
+rc=$?
+took=$(( $(date +%s) - start ))
+check "hang: exit 125 (got $rc)" test "$rc" = 125
+check "hang: took ${took}s (<= 120, not the 300 s timeout)" test "$took" -le 120
+check "hang: says so ($(grep -m1 'no progress' "$work/h.err"))" grep -q "the test host made no progress for" "$work/h.err"
+check "hang: shows the vCPUs' registers" grep -q "vCPU 0: RIP=" "$work/h.err"
+no_leftovers "hang"
 
 echo "# interrupted (SIGTERM while the command runs)"
 "$run" -- sleep 600 >/dev/null 2>&1 &
