@@ -22,6 +22,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A host directory exported to the guest over virtio-fs, if any.
     pub shared_fs: Option<SharedFsConfig>,
+    /// What each thread's seccomp filter does with a syscall outside its
+    /// allowlist (see [`crate::seccomp`]).
+    pub seccomp: crate::SeccompMode,
 }
 
 /// virtio-vsock with the hybrid unix-socket backend: host-initiated
