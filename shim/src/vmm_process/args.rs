@@ -6,8 +6,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use palisade_vmm::{
-    SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig, DEFAULT_CONSOLE_LOG_MAX_BYTES,
-    DEFAULT_MAX_OPEN_FILES,
+    SeccompMode, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig,
+    DEFAULT_CONSOLE_LOG_MAX_BYTES, DEFAULT_MAX_OPEN_FILES,
 };
 
 /// The hidden subcommand that turns either binary into a VMM process.
@@ -68,12 +68,14 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
             fs.max_open_files.to_string().into(),
         );
     }
+    push("--seccomp", config.seccomp.as_str().into());
     args
 }
 
 /// Parses the arguments after the subcommand. The limits
-/// (`--serial-log-max-bytes`, `--shared-max-open-files`) default to the
-/// VMM's own defaults, so a VMM started by hand needs only the rest.
+/// (`--serial-log-max-bytes`, `--shared-max-open-files`) and `--seccomp`
+/// (`enforce`) default to the VMM's own defaults, so a VMM started by hand
+/// needs only the rest.
 pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut kernel = None;
     let mut initrd = None;
@@ -87,6 +89,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut shared_dir = None;
     let mut shared_tag = None;
     let mut shared_max_open_files = None;
+    let mut seccomp = None;
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -103,6 +106,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             Some("--shared-dir") => "--shared-dir",
             Some("--shared-tag") => "--shared-tag",
             Some("--shared-max-open-files") => "--shared-max-open-files",
+            Some("--seccomp") => "--seccomp",
             _ => return Err(ArgsError::Unknown(arg.clone())),
         };
         let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
@@ -124,6 +128,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
                 flag,
                 number::<usize>(flag, value)?,
             )?,
+            "--seccomp" => set(&mut seccomp, flag, seccomp_mode(flag, value)?)?,
             _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
     }
@@ -176,7 +181,19 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             uds_path,
         }),
         shared_fs,
+        seccomp: seccomp.unwrap_or_default(),
     })
+}
+
+fn seccomp_mode(flag: &'static str, value: &OsStr) -> Result<SeccompMode, ArgsError> {
+    value
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ArgsError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: "not enforce, log or off",
+        })
 }
 
 fn set<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), ArgsError> {
@@ -249,6 +266,7 @@ mod tests {
                 dir: "/run/palisade/x/shared".into(),
                 max_open_files: 512,
             }),
+            seccomp: SeccompMode::Log,
         }
     }
 
@@ -378,6 +396,18 @@ mod tests {
             with(&["--guest-cid", "x"]),
             Err(ArgsError::Invalid { .. })
         ));
+        assert!(matches!(
+            with(&["--seccomp", "strict"]),
+            Err(ArgsError::Invalid {
+                flag: "--seccomp",
+                ..
+            })
+        ));
+        assert_eq!(
+            with(&[]).map(|c| c.seccomp),
+            Ok(SeccompMode::Enforce),
+            "enforce unless told otherwise"
+        );
         assert_eq!(
             parse(&os(&["--kernel", "/k", "--vcpus", "1"])),
             Err(ArgsError::Required("--memory-mib"))
