@@ -878,7 +878,7 @@ mod tests {
     fn rejects_unknown_key_in_a_section_with_suggestion() {
         assert_eq!(
             parse_err("[hypervisor]\nkernel = \"/k\"\nvcpu = 2\n"),
-            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`, `virtio_fs_max_open_files`, `console_log_max_kib`); did you mean `vcpus`?"
+            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`, `virtio_fs_max_open_files`, `console_log_max_kib`, `seccomp`); did you mean `vcpus`?"
         );
         let msg = parse_err("[agent]\nretries = 3\n");
         assert!(
@@ -990,8 +990,7 @@ mod tests {
         let msg = parse_err("[hypervisor]\nseccomp = false\n");
         assert!(msg.contains("seccomp = false: must be one of"), "{msg}");
         assert!(msg.contains("(a string)"), "{msg}");
-        assert!(parse_err("[agent]\nseccomp = \"off\"\n")
-            .contains("belongs in the [hypervisor] section"));
+        assert!(parse_err("seccomp = \"off\"\n").contains("belongs in the [hypervisor] section"));
     }
 
     #[test]
