@@ -31,7 +31,7 @@ pub fn rules() -> Result<Rules, SeccompError> {
         ])
         .with_arg_in(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?
         // Rust's set_nonblocking on an accepted stream.
-        .with_arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO as u64])?
+        .with_arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO])?
         // A socket's pending error, after a non-blocking connect.
         .with_arg_in(libc::SYS_getsockopt, 2, &[libc::SO_ERROR as u64])?
         // Stopping the vCPUs: kick each out of KVM_RUN with SIGRTMIN.
