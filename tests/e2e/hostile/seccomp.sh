@@ -41,8 +41,11 @@ seccomp_no_sigsys_in_log() {
 # fsync, readdir, readlink, statfs, unlink, rmdir), and the pod runs
 # execs (vsock streams): the VMM stays up, every thread filtered.
 t_seccomp_every_thread() {
-    local pod vmm d=/mnt/seccomp-work out
+    local pod vmm d out
     pod=$(tid 0)
+    # The share's root is a read-only view; the container's own rootfs in
+    # it is writable, so the work goes there.
+    d=/mnt/$pod/rootfs/tmp/seccomp-work
     start_attacker "$pod" "$pod" "
         mkdir -p $d/a/b && cd $d || exit 1
         for i in 1 2 3 4 5 6 7 8 9 10; do echo data\$i >a/f\$i; done
