@@ -56,6 +56,7 @@ const HYPERVISOR_KEYS: &[&str] = &[
     "memory_mib",
     "virtio_fs_max_open_files",
     "console_log_max_kib",
+    "seccomp",
 ];
 const AGENT_KEYS: &[&str] = &["dial_timeout_ms"];
 const RUNTIME_KEYS: &[&str] = &["enable_debug"];
@@ -98,6 +99,9 @@ pub struct HypervisorConfig {
     pub virtio_fs_max_open_files: u32,
     /// Most bytes, in KiB, of `console.log` and `console.log.1` together.
     pub console_log_max_kib: u32,
+    /// The VMM threads' seccomp filters: `enforce` (a syscall outside the
+    /// allowlist kills the VMM), `log` (the kernel logs it) or `off`.
+    pub seccomp: palisade_vmm::SeccompMode,
 }
 
 impl HypervisorConfig {
@@ -116,6 +120,7 @@ impl Default for HypervisorConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             virtio_fs_max_open_files: DEFAULT_VIRTIO_FS_MAX_OPEN_FILES,
             console_log_max_kib: DEFAULT_CONSOLE_LOG_MAX_KIB,
+            seccomp: palisade_vmm::SeccompMode::Enforce,
         }
     }
 }
@@ -403,6 +408,7 @@ fn parse_hypervisor(
                 out.console_log_max_kib =
                     u32::try_from(n).expect("range checked against CONSOLE_LOG_MAX_KIB_RANGE");
             }
+            "seccomp" => out.seccomp = field.named("seccomp").seccomp_mode()?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -551,6 +557,21 @@ impl NamedField<'_> {
             return Err(self.invalid("must be an absolute path (it starts with /)"));
         }
         Ok(path)
+    }
+
+    fn seccomp_mode(&self) -> Result<palisade_vmm::SeccompMode, ConfigError> {
+        let expected = || {
+            let names: Vec<String> = palisade_vmm::SeccompMode::NAMES
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect();
+            format!("must be one of {}", names.join(", "))
+        };
+        let s = match self.field.value {
+            toml::Value::String(s) => s,
+            _ => return Err(self.invalid(format!("{} (a string)", expected()))),
+        };
+        s.parse().map_err(|_| self.invalid(expected()))
     }
 
     fn kernel_params(&self) -> Result<String, ConfigError> {
@@ -761,6 +782,7 @@ mod tests {
             memory_mib = 2048
             virtio_fs_max_open_files = 4096
             console_log_max_kib = 64
+            seccomp = "log"
 
             [agent]
             dial_timeout_ms = 30000
@@ -773,6 +795,7 @@ mod tests {
         assert_eq!(config.hypervisor.memory_mib, 2048);
         assert_eq!(config.hypervisor.virtio_fs_max_open_files, 4096);
         assert_eq!(config.hypervisor.console_log_max_kib, 64);
+        assert_eq!(config.hypervisor.seccomp, palisade_vmm::SeccompMode::Log);
         assert_eq!(config.agent.dial_timeout_ms, 30000);
     }
 
@@ -855,7 +878,7 @@ mod tests {
     fn rejects_unknown_key_in_a_section_with_suggestion() {
         assert_eq!(
             parse_err("[hypervisor]\nkernel = \"/k\"\nvcpu = 2\n"),
-            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`, `virtio_fs_max_open_files`, `console_log_max_kib`); did you mean `vcpus`?"
+            "configuration /test/configuration.toml line 3: unknown key `hypervisor.vcpu` (expected one of `kernel`, `initrd`, `kernel_params`, `vcpus`, `memory_mib`, `virtio_fs_max_open_files`, `console_log_max_kib`, `seccomp`); did you mean `vcpus`?"
         );
         let msg = parse_err("[agent]\nretries = 3\n");
         assert!(
@@ -943,6 +966,31 @@ mod tests {
         assert!(msg.contains("1025 bytes long"), "{msg}");
         // The value is cut short in the message.
         assert!(msg.len() < 400, "{msg}");
+    }
+
+    #[test]
+    fn reads_and_checks_the_seccomp_mode() {
+        use palisade_vmm::SeccompMode;
+        assert_eq!(Config::default().hypervisor.seccomp, SeccompMode::Enforce);
+        for (text, mode) in [
+            ("enforce", SeccompMode::Enforce),
+            ("log", SeccompMode::Log),
+            ("off", SeccompMode::Off),
+        ] {
+            let config = parse_ok(&format!("[hypervisor]\nseccomp = \"{text}\"\n"));
+            assert_eq!(config.hypervisor.seccomp, mode);
+        }
+        let msg = parse_err("[hypervisor]\nseccomp = \"strict\"\n");
+        assert!(
+            msg.contains(
+                r#"line 2: [hypervisor] seccomp = "strict": must be one of "enforce", "log", "off""#
+            ),
+            "{msg}"
+        );
+        let msg = parse_err("[hypervisor]\nseccomp = false\n");
+        assert!(msg.contains("seccomp = false: must be one of"), "{msg}");
+        assert!(msg.contains("(a string)"), "{msg}");
+        assert!(parse_err("seccomp = \"off\"\n").contains("belongs in the [hypervisor] section"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ initrd = "$E2E_OUT/initramfs.cpio.gz"
 kernel_params = "${2:-}"
 vcpus = ${3:-1}
 memory_mib = 256
+seccomp = "${PALISADE_E2E_SECCOMP:-enforce}"
 
 [agent]
 dial_timeout_ms = 120000

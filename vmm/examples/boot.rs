@@ -61,6 +61,10 @@ fn main() {
             max_open_files: DEFAULT_MAX_OPEN_FILES,
         }),
         net: None,
+        seccomp: std::env::var("BOOT_SECCOMP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
     };
     let events =
         Arc::new(move |e| eprintln!("+{:.1} ms: {e:?}", (monotonic_ns() - start) as f64 / 1e6));

@@ -24,6 +24,9 @@ pub struct VmConfig {
     pub shared_fs: Option<SharedFsConfig>,
     /// The pod's network interface, if it has one.
     pub net: Option<NetConfig>,
+    /// What each thread's seccomp filter does with a syscall outside its
+    /// allowlist (see [`crate::seccomp`]).
+    pub seccomp: crate::SeccompMode,
 }
 
 /// virtio-net on a tap the VMM inherited as an open file descriptor: the

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod seccomp;
 mod vmm;
 pub mod vstate;
 
@@ -19,6 +20,7 @@ pub use devices::legacy::console_log::{
     rotated_path as rotated_console_log, DEFAULT_MAX_BYTES as DEFAULT_CONSOLE_LOG_MAX_BYTES,
 };
 pub use devices::virtio::fs::passthrough::{DEFAULT_MAX_OPEN_FILES, OPEN_FILE_RESERVE};
+pub use seccomp::SeccompMode;
 
 /// What the VMM reports while the VM boots and runs. Timestamps are
 /// CLOCK_MONOTONIC nanoseconds, comparable across processes on one host.

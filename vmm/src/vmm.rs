@@ -23,6 +23,7 @@ use crate::devices::virtio::net::{tap::Tap, Net, NetParams};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::event_loop::{Control, EventLoop};
+use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
 use crate::vstate::vcpu::{self, VcpuShared, VcpuStop};
 use crate::vstate::{memory, vm};
 use crate::{
@@ -76,6 +77,10 @@ pub enum Error {
     },
     #[error("the guest stopped the VM with an error: {0}")]
     Guest(String),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("seccomp: {0}")]
+    SeccompThreads(String),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -279,6 +284,12 @@ fn attach_virtio(
 /// sockets removed). Blocks the calling thread.
 pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
     validate(&config)?;
+    // Built before any thread starts, so each thread's install is one
+    // syscall; the SIGSYS handler is process-wide.
+    let filters = Arc::new(Filters::build(config.seccomp)?);
+    if config.seccomp != SeccompMode::Off {
+        seccomp::install_sigsys_handler()?;
+    }
     let signals = stop_signals_fd()?;
     vcpu::install_kick_handler().map_err(io("installing the vCPU kick handler"))?;
 
@@ -371,6 +382,7 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
         exit_evt,
         stop_reason: Mutex::new(None),
         stopping: Default::default(),
+        start_gate: Default::default(),
     });
     const EXIT_ID: u32 = 0;
     const SIGNAL_ID: u32 = 1;
@@ -383,14 +395,29 @@ pub fn run_vm(config: VmConfig, events: EventSink) -> Result<VmExit, Error> {
 
     let mut threads = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
-        match vcpu::spawn_vcpu(id as u8, fd, shared.clone()) {
+        match vcpu::spawn_vcpu(id as u8, fd, shared.clone(), filters.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
+                shared.start_gate.decide(false);
                 stop_vcpus(&shared, threads);
                 return Err(e.into());
             }
         }
     }
+    // Every vCPU thread has its filter; this thread takes its own, the
+    // event loop's, before the vCPUs run and before it reads a queue.
+    let failures = shared.start_gate.wait_reports(threads.len());
+    let filtered = if failures.is_empty() {
+        filters.install(ThreadKind::EventLoop).map_err(Error::from)
+    } else {
+        Err(Error::SeccompThreads(failures.join("; ")))
+    };
+    if let Err(e) = filtered {
+        shared.start_gate.decide(false);
+        stop_vcpus(&shared, threads);
+        return Err(e);
+    }
+    shared.start_gate.decide(true);
 
     let outcome = loop {
         match event_loop.run_once(-1) {

@@ -15,7 +15,7 @@ use crate::sandbox::diagnostics::{console_tail, stuck_hint};
 use crate::sandbox_dir::{SandboxDir, SANDBOX_ROOT};
 use crate::share::Share;
 use crate::smaps;
-use crate::vmm_process::{describe_status, Progress, VmmProcess};
+use crate::vmm_process::{Progress, VmmProcess};
 
 /// Shutdown covers a filesystem sync and a reset; slow machines get the
 /// boot timeout instead if that is longer.
@@ -198,7 +198,7 @@ fn shut_down(
         }
         Some(t) => bail!(
             "after Shutdown the VMM process ended with {} instead of a guest reset{rpc_note}{}",
-            describe_status(t.status),
+            vmm.describe_end(&t),
             stderr_suffix(&vmm.stderr_last_line()),
         ),
         None => {

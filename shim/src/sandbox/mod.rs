@@ -285,11 +285,14 @@ fn spawn_monitored(
                 let mut vmm = lock(&vmm);
                 let pid = vmm.pid();
                 let status = match vmm.wait_exit(KILL_GRACE) {
-                    Ok(Some(t)) => t.describe(),
+                    Ok(Some(t)) => vmm.describe_end(&t),
                     _ => "stopped answering".to_owned(),
                 };
                 let stderr = vmm.stderr_last_line();
-                if stderr.is_empty() {
+                if status.starts_with("the VMM was killed by its seccomp filter") {
+                    // Its stderr line says the same.
+                    format!("{status} (VMM pid {pid})")
+                } else if stderr.is_empty() {
                     format!("the VMM process (pid {pid}) ended: {status}")
                 } else {
                     format!("the VMM process (pid {pid}) ended: {status}: {stderr}")

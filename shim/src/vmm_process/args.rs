@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use palisade_vmm::{
-    NetConfig, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig,
+    NetConfig, SeccompMode, SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig,
     DEFAULT_CONSOLE_LOG_MAX_BYTES, DEFAULT_MAX_OPEN_FILES,
 };
 
@@ -73,6 +73,7 @@ pub fn to_args(config: &VmConfig) -> Vec<OsString> {
         push("--net-mac", format_mac(&net.mac).into());
         push("--net-mtu", net.mtu.to_string().into());
     }
+    push("--seccomp", config.seccomp.as_str().into());
     args
 }
 
@@ -103,8 +104,9 @@ fn parse_mac(flag: &'static str, value: &OsStr) -> Result<[u8; 6], ArgsError> {
 }
 
 /// Parses the arguments after the subcommand. The limits
-/// (`--serial-log-max-bytes`, `--shared-max-open-files`) default to the
-/// VMM's own defaults, so a VMM started by hand needs only the rest.
+/// (`--serial-log-max-bytes`, `--shared-max-open-files`) and `--seccomp`
+/// (`enforce`) default to the VMM's own defaults, so a VMM started by hand
+/// needs only the rest.
 pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut kernel = None;
     let mut initrd = None;
@@ -121,6 +123,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
     let mut net_tap_fd = None;
     let mut net_mac = None;
     let mut net_mtu = None;
+    let mut seccomp = None;
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -140,6 +143,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             Some("--net-tap-fd") => "--net-tap-fd",
             Some("--net-mac") => "--net-mac",
             Some("--net-mtu") => "--net-mtu",
+            Some("--seccomp") => "--seccomp",
             _ => return Err(ArgsError::Unknown(arg.clone())),
         };
         let value = iter.next().ok_or(ArgsError::MissingValue(flag))?;
@@ -164,6 +168,7 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
             "--net-tap-fd" => set(&mut net_tap_fd, flag, number::<i32>(flag, value)?)?,
             "--net-mac" => set(&mut net_mac, flag, parse_mac(flag, value)?)?,
             "--net-mtu" => set(&mut net_mtu, flag, number::<u16>(flag, value)?)?,
+            "--seccomp" => set(&mut seccomp, flag, seccomp_mode(flag, value)?)?,
             _ => set(&mut guest_cid, flag, number::<u64>(flag, value)?)?,
         }
     }
@@ -234,11 +239,23 @@ pub fn parse(args: &[OsString]) -> Result<VmConfig, ArgsError> {
         }),
         shared_fs,
         net,
+        seccomp: seccomp.unwrap_or_default(),
     })
 }
 
 /// IPv4's minimum MTU (RFC 791); the guest kernel refuses less.
 const MIN_MTU: u16 = 68;
+
+fn seccomp_mode(flag: &'static str, value: &OsStr) -> Result<SeccompMode, ArgsError> {
+    value
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ArgsError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: "not enforce, log or off",
+        })
+}
 
 fn set<T>(slot: &mut Option<T>, flag: &'static str, value: T) -> Result<(), ArgsError> {
     if slot.is_some() {
@@ -315,6 +332,7 @@ mod tests {
                 mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x0a],
                 mtu: 1450,
             }),
+            seccomp: SeccompMode::Log,
         }
     }
 
@@ -445,6 +463,18 @@ mod tests {
             with(&["--guest-cid", "x"]),
             Err(ArgsError::Invalid { .. })
         ));
+        assert!(matches!(
+            with(&["--seccomp", "strict"]),
+            Err(ArgsError::Invalid {
+                flag: "--seccomp",
+                ..
+            })
+        ));
+        assert_eq!(
+            with(&[]).map(|c| c.seccomp),
+            Ok(SeccompMode::Enforce),
+            "enforce unless told otherwise"
+        );
         assert_eq!(
             parse(&os(&["--kernel", "/k", "--vcpus", "1"])),
             Err(ArgsError::Required("--memory-mib"))

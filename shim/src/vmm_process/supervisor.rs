@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use palisade_vmm::seccomp::SigsysReport;
 use palisade_vmm::VmExit;
 use palisade_vmm::{SerialLogConfig, SharedFsConfig, VmConfig, VsockConfig};
 
@@ -267,6 +268,7 @@ impl VmmProcess {
             // Pod networking (the tap from the pod's namespace) comes with
             // CRI support; until then a pod has loopback only.
             net: None,
+            seccomp: hypervisor.seccomp,
         };
         let mut command_args = vec![OsString::from(VMM_SUBCOMMAND)];
         command_args.extend(args::to_args(&config));
@@ -411,11 +413,19 @@ impl VmmProcess {
         })
     }
 
+    /// How the VMM ended, as [`VmmTermination::describe`] but naming the
+    /// syscall when its seccomp filter killed it (from the line its SIGSYS
+    /// handler wrote to stderr).
+    pub fn describe_end(&self, termination: &VmmTermination) -> String {
+        sigsys_cause(termination.status, &self.stderr_tail())
+            .unwrap_or_else(|| termination.describe())
+    }
+
     /// The error for "the VMM ended while we waited for `what`", with its
     /// exit status and last stderr line when they can be had quickly.
     pub fn ended_error(&mut self, what: &str) -> VmmProcessError {
         let status = match self.wait_exit(STDERR_SETTLE) {
-            Ok(Some(termination)) => termination.describe(),
+            Ok(Some(termination)) => self.describe_end(&termination),
             Ok(None) => "closed its output but is still running".to_owned(),
             Err(e) => format!("status unknown ({e})"),
         };
@@ -631,6 +641,31 @@ fn read_stderr(mut stderr: ChildStderr, shared: &Shared) {
     shared.changed.notify_all();
 }
 
+/// For a VMM killed by SIGSYS: what killed it. Control characters in
+/// what the VMM wrote are replaced, as for any line of its stderr.
+fn sigsys_cause(status: ExitStatus, stderr: &str) -> Option<String> {
+    if status.signal() != Some(libc::SIGSYS) {
+        return None;
+    }
+    let clean = |s: &str| -> String {
+        s.chars()
+            .take(64)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    };
+    Some(match SigsysReport::find(stderr) {
+        Some(SigsysReport::Violation { nr, name, thread }) => format!(
+            "the VMM was killed by its seccomp filter: syscall {nr} ({}), made by its {} thread",
+            clean(&name),
+            clean(&thread)
+        ),
+        Some(SigsysReport::Sent { pid }) => {
+            format!("killed by SIGSYS, sent by pid {pid} (not by its seccomp filter)")
+        }
+        None => "killed by SIGSYS, with no report of a seccomp violation on its stderr (the kernel's audit log, type=1326, names any syscall its filter killed)".to_owned(),
+    })
+}
+
 /// "exit code 1", "killed by SIGKILL".
 pub fn describe_status(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
@@ -799,6 +834,32 @@ mod tests {
             exit: None,
         };
         assert_eq!(killed.describe(), "killed by SIGKILL");
+    }
+
+    #[test]
+    fn names_the_syscall_of_a_seccomp_kill() {
+        // The VMM's SIGSYS handler writes this line, then dies of SIGSYS.
+        let (_dir, mut vmm) = fake_vmm(
+            "echo started 1; echo 'palisade-vmm: seccomp violation: syscall 41 (socket) by the vcpu thread' >&2; kill -SYS $$",
+        );
+        let err = vmm
+            .wait_for("guest entry", soon(), |p| p.guest_entered_ns.is_some())
+            .expect_err("must fail");
+        assert!(
+            err.to_string().contains(
+                "the VMM was killed by its seccomp filter: syscall 41 (socket), made by its vcpu thread"
+            ),
+            "{err}"
+        );
+        let sigsys = ExitStatus::from_raw(libc::SIGSYS);
+        assert_eq!(
+            sigsys_cause(sigsys, "palisade-vmm: SIGSYS sent by pid 7\n").as_deref(),
+            Some("killed by SIGSYS, sent by pid 7 (not by its seccomp filter)")
+        );
+        assert!(sigsys_cause(sigsys, "")
+            .expect("a SIGSYS cause")
+            .starts_with("killed by SIGSYS, with no report"));
+        assert_eq!(sigsys_cause(ExitStatus::from_raw(libc::SIGKILL), "x"), None);
     }
 
     #[test]

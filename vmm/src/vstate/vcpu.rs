@@ -2,7 +2,7 @@
 //! buses. The guest controls every exit; none of them may panic the VMM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::{lock, Bus};
+use crate::seccomp::{Filters, ThreadKind};
 use crate::{monotonic_ns, EventSink, VmEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,73 @@ pub struct VcpuShared {
     pub stop_reason: Mutex<Option<VcpuStop>>,
     /// Set by the event loop when the VM is going down.
     pub stopping: AtomicBool,
+    /// Holds every vCPU thread after it installed its seccomp filter until
+    /// the main thread has installed its own: no guest code runs before
+    /// every thread is filtered.
+    pub start_gate: StartGate,
+}
+
+/// The vCPU threads' start line: each reports its filter installed (or
+/// why not), then waits for the main thread to open the gate (run) or
+/// close it (give up).
+#[derive(Default)]
+pub struct StartGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    reported: usize,
+    failures: Vec<String>,
+    open: Option<bool>,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn report(&self, result: Result<(), String>) {
+        let mut state = self.lock();
+        state.reported += 1;
+        if let Err(why) = result {
+            state.failures.push(why);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Whether the thread may run the guest; blocks until decided.
+    fn wait_open(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if let Some(open) = state.open {
+                return open;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits for `threads` reports; returns the failures.
+    pub fn wait_reports(&self, threads: usize) -> Vec<String> {
+        let mut state = self.lock();
+        while state.reported < threads {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        std::mem::take(&mut state.failures)
+    }
+
+    /// Lets the vCPU threads run the guest (`true`) or end (`false`).
+    pub fn decide(&self, run: bool) {
+        self.lock().open = Some(run);
+        self.changed.notify_all();
+    }
 }
 
 impl VcpuShared {
@@ -96,14 +164,25 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// Starts vCPU `id`'s thread: it installs the vCPU seccomp filter, reports
+/// to [`VcpuShared::start_gate`], and enters the guest once the gate opens.
 pub fn spawn_vcpu(
     id: u8,
     fd: VcpuFd,
     shared: Arc<VcpuShared>,
+    filters: Arc<Filters>,
 ) -> Result<JoinHandle<()>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_vcpu(id, fd, &shared))
+        .spawn(move || {
+            let installed = filters
+                .install(ThreadKind::Vcpu)
+                .map_err(|e| format!("vcpu{id}: {e}"));
+            shared.start_gate.report(installed);
+            if shared.start_gate.wait_open() {
+                run_vcpu(id, fd, &shared);
+            }
+        })
         .map_err(|source| VcpuError::Spawn { id, source })
 }
 
