@@ -30,8 +30,16 @@ pub fn rules() -> Result<Rules, SeccompError> {
             libc::SYS_unlinkat,
         ])
         .with_arg_in(libc::SYS_socket, 0, &[libc::AF_UNIX as u64])?
-        // Rust's set_nonblocking on an accepted stream.
-        .with_arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO])?
+        // Rust's set_nonblocking on an accepted stream; the checksum and
+        // TSO offloads virtio-net's driver accepted, set on its tap.
+        .with_arg_in(
+            libc::SYS_ioctl,
+            1,
+            &[
+                libc::FIONBIO,
+                crate::devices::virtio::net::tap::TUNSETOFFLOAD,
+            ],
+        )?
         // A socket's pending error, after a non-blocking connect.
         .with_arg_in(libc::SYS_getsockopt, 2, &[libc::SO_ERROR as u64])?
         // Stopping the vCPUs: kick each out of KVM_RUN with SIGRTMIN.

@@ -79,6 +79,11 @@ pub struct Net<B: NetBackend> {
     /// Whether the tap is polled for input: not while a frame waits.
     tap_polled: bool,
     stats: NetStats,
+    /// Offloads to set on the tap, from the features the driver accepted.
+    /// Activation runs on a vCPU thread (an MMIO write), whose seccomp
+    /// filter allows no tap ioctl: the event loop sets them on its next
+    /// event, before it moves a frame.
+    offloads_wanted: Option<u32>,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
 }
@@ -96,6 +101,7 @@ impl<B: NetBackend> Net<B> {
             pending: None,
             tap_polled: true,
             stats: NetStats::default(),
+            offloads_wanted: None,
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             rx_buf: vec![0; MAX_FRAME_LEN],
         })
@@ -294,11 +300,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
             return Err(ActivateError::BadQueue(i));
         }
-        if let Err(e) = self.backend.set_offloads(tun_offloads(features)) {
-            // Without them the kernel hands over only plain frames, which
-            // every driver takes: slower, still correct.
-            log::warn!("virtio-net: cannot set the tap's offloads: {e}");
-        }
+        self.offloads_wanted = Some(tun_offloads(features));
         self.active = Some(Active {
             mem,
             queues,
@@ -311,6 +313,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn reset(&mut self) {
         self.active = None;
         self.pending = None;
+        self.offloads_wanted = None;
     }
 }
 
@@ -325,6 +328,13 @@ impl<B: NetBackend> EventHandler for Net<B> {
     }
 
     fn handle(&mut self, id: u32, _events: EventSet, ctx: &EpollCtx) {
+        if let Some(flags) = self.offloads_wanted.take() {
+            if let Err(e) = self.backend.set_offloads(flags) {
+                // Without them the kernel hands over only plain frames,
+                // which every driver takes: slower, still correct.
+                log::warn!("virtio-net: cannot set the tap's offloads: {e}");
+            }
+        }
         if let Some(evt) = self.queue_evts.get(id as usize) {
             let _ = evt.read();
         }

@@ -10,7 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::frame::VNET_HDR_LEN;
 
 // <linux/if_tun.h>
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// Made on the event loop thread (its seccomp filter allows it).
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;

@@ -323,11 +323,15 @@ fn guest_offloads_map_to_tun_flags() {
 }
 
 #[test]
-fn activation_sets_the_offloads_the_guest_accepted() {
+fn the_event_loop_sets_the_offloads_the_guest_accepted() {
     let mem = guest_memory();
     let guest = Guest::new(&mem);
     let features = (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_GUEST_CSUM);
-    let rig = Rig::new(&mem, &guest, features);
+    let mut rig = Rig::new(&mem, &guest, features);
+    // Set by the event loop (activation runs on a vCPU thread).
+    assert_eq!(*rig.offloads.lock().expect("offloads"), None);
+    rig.notify(RX);
+    rig.pump();
     assert_eq!(*rig.offloads.lock().expect("offloads"), Some(TUN_F_CSUM));
 }
 
