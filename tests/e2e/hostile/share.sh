@@ -40,7 +40,7 @@ share_stop_attack() {  # ATTACKER
 # every container directory that appears in the share, where the shim
 # makes the rootfs and volume mount points next, as fast as it can.
 t_share_symlink_race() {
-    local pod prefix vol volfile before after i id out failures=0 log
+    local pod prefix vol volfile before after i id out failures=0 stale=0 log
     pod=$(tid 0)
     prefix="e2e-$TEST-"
     share_make_victims
@@ -77,9 +77,16 @@ t_share_symlink_race() {
             "$BUSYBOX_IMAGE" "$id" sh -c 'cat /etc/app.conf; echo x > /data/w; ls /data' 2>&1)
         case $out in
             *conf*w*) ;;
+            # The attacker's lookups of a mount point before the shim
+            # mounts it leave its own guest a cached entry of the
+            # read-only skeleton for up to the 1 s entry timeout: its
+            # pod's container may find its volume read-only. That harms
+            # only the attacker's pod (docs/security.md, known gaps).
+            *"Read-only file system"*) stale=$((stale + 1)); note "container $i saw a stale read-only entry: ${out:0:200}" ;;
             *) failures=$((failures + 1)); note "container $i: ${out:0:200}" ;;
         esac
     done
+    [ "$stale" -eq 0 ] || note "$stale of ${E2E_SHARE_CYCLES:-20} containers saw the attacker's stale entries"
     log=$(share_stop_attack "$pod")
     note "attacker: $(grep ROUNDS <<<"$log"); refused with: $(grep -v -e ROUNDS -e MOUNTED -e ATTACK-DONE <<<"$log" | tr -s ' \n' ' ')"
     share_victims_intact
