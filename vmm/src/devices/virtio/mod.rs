@@ -65,6 +65,20 @@ pub enum ActivateError {
     QueueCount { got: usize, want: usize },
 }
 
+/// Copies the window `offset..offset + data.len()` of a device's config
+/// space into `data`; bytes past its end (or an offset the guest made
+/// absurd) read as zero.
+pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = start
+            .checked_add(i)
+            .and_then(|j| config.get(j))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
