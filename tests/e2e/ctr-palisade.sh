@@ -150,6 +150,34 @@ t_vmm_kill_ends_tasks() {
     note "ctr run exited $rc when the VMM was killed"
 }
 
+# The guest stops answering (its VMM frozen with SIGSTOP: no vCPU runs,
+# no vsock byte moves, as with a wedged or hostile guest): `ctr task kill
+# -s SIGKILL` still ends both containers of the pod (the shim kills the VM
+# once its agent call goes unanswered), and deleting them leaves nothing.
+t_sigkill_unresponsive_guest() {
+    local pod c2 vmm t0 took
+    pod=$(tid 1)
+    c2=$(tid 2)
+    _run_in_pod "$pod" "$pod" sleep 1000
+    _run_in_pod "$c2" "$pod" sleep 1000
+    vmm=$(our_vmm_pids)
+    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    kill -STOP "$vmm"
+    t0=$SECONDS
+    ctr_ task kill -s SIGKILL "$c2" >"$E2E_TMP/$TEST.kill" 2>&1 ||
+        bad "ctr task kill -s SIGKILL of a container in an unresponsive guest failed: $(tail -n 2 "$E2E_TMP/$TEST.kill")"
+    wait_until 60 _status_is "$c2" STOPPED || bad "the container is '$(task_status "$c2")' 60s after SIGKILL"
+    took=$((SECONDS - t0))
+    wait_until "$CT" _status_is "$pod" STOPPED || bad "the other container of the pod is '$(task_status "$pod")' once its VM was killed"
+    _gone() { [ ! -e "/proc/$1" ]; }
+    wait_until "$CT" _gone "$vmm" || bad "the frozen VMM $vmm still exists after SIGKILL"
+    ctr_ task delete "$c2" >/dev/null 2>&1 || bad "ctr task delete $c2 failed after the VM was killed"
+    ctr_ task delete "$pod" >/dev/null 2>&1 || bad "ctr task delete $pod failed after the VM was killed"
+    remove_container "$c2"
+    remove_container "$pod"
+    note "SIGKILL ended the pod ${took}s after it was sent (the agent call's timeout, then the VM killed)"
+}
+
 # The VMM dies while containerd's Start is in flight: ctr run fails, the
 # task is stopped at once (containerd's client refuses to delete a task
 # still "created", and the pod's shim would wait for that delete for
@@ -244,7 +272,7 @@ t_create_delete_cycles() {
     note "$n create/run/delete cycles in $((SECONDS - t0))s"
 }
 
-all_tests="guest-kernel pod-shares-vm task-pids-are-the-vmm vmm-kill-ends-tasks vmm-dies-during-start config-path create-delete-cycles"
+all_tests="guest-kernel pod-shares-vm task-pids-are-the-vmm vmm-kill-ends-tasks sigkill-unresponsive-guest vmm-dies-during-start config-path create-delete-cycles"
 ctr_suite_select "$@" -- $all_tests
 [ "$RUNTIME" = io.containerd.palisade.v2 ] ||
     echo "NOTE: a dry run with RUNTIME=$RUNTIME: the palisade checks are expected to fail"

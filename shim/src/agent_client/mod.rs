@@ -148,6 +148,12 @@ impl AgentError {
         }
     }
 
+    /// The agent did not answer in time, or its connection is gone: no
+    /// refusal came back, so nothing is known of what the guest did.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, AgentError::RpcTimeout { .. }) || self.is_disconnect()
+    }
+
     /// The agent is gone (connection lost, not a refusal): the VM is dead or
     /// dying.
     pub fn is_disconnect(&self) -> bool {

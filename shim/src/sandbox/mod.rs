@@ -190,6 +190,16 @@ impl Sandbox {
         !lock(&self.vmm).has_stopped()
     }
 
+    /// Kills the VMM at once, for a guest whose agent stopped answering: a
+    /// SIGKILL containerd sends must end the container whatever the guest
+    /// does. Not a stop: the monitor sees the VMM end and reports it through
+    /// `on_vmm_exit`, as when the VMM dies by itself, so every process of
+    /// the pod exits and the pod cleans up as after any VMM death.
+    pub fn kill_vm(&self) -> Result<(), SandboxError> {
+        lock(&self.vmm).kill(Duration::ZERO)?;
+        Ok(())
+    }
+
     /// Powers the guest off (the agent syncs and resets the VM), stops the
     /// VMM if it does not go by itself, unmounts whatever is left in the
     /// shared directory and removes the state directory.

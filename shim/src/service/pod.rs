@@ -881,10 +881,26 @@ impl Pod {
             }
         }
         let sandbox = self.running_sandbox()?;
-        sandbox
-            .agent()
-            .signal_process(id, exec_id, signal, all)
-            .map_err(|e| TaskError::from_agent("the guest could not signal the process", &e))
+        match sandbox.agent().signal_process(id, exec_id, signal, all) {
+            Err(e) if signal == libc::SIGKILL as u32 && e.is_unanswered() => {
+                // The guest is hostile or wedged; either way SIGKILL must
+                // work. The VM's death ends every process of the pod (the
+                // agent serves them all, so none could be signalled now).
+                log::error!(
+                    "{}: SIGKILL unanswered ({}): killing the pod's VM",
+                    describe(id, exec_id),
+                    crate::error_chain(&e)
+                );
+                sandbox.kill_vm().map_err(|e| {
+                    TaskError::internal(format!(
+                        "cannot kill the VM of an unresponsive guest: {}",
+                        crate::error_chain(&e)
+                    ))
+                })
+            }
+            result => result
+                .map_err(|e| TaskError::from_agent("the guest could not signal the process", &e)),
+        }
     }
 
     /// Blocks until the process has exited.
