@@ -197,6 +197,19 @@ _leftovers_now() {  # [TEST]
     fi
 }
 _clean() { [ -z "$(_leftovers_now "${1:-}")" ]; }
+# For a failed leftover check: what each shim still alive is doing (its
+# threads and the kernel function each waits in, its VMM's) and what
+# containerd logged of the test's containers, shown with the test's output.
+_shim_diagnosis() {  # TEST
+    local p t
+    for p in $(containerd_shim_pids) $(vmm_pids); do
+        echo "NOTE: pid $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-80)), state $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null):"
+        for t in /proc/"$p"/task/*; do
+            echo "NOTE:   $(cat "$t/comm" 2>/dev/null) waits in $(cat "$t/wchan" 2>/dev/null)"
+        done
+    done
+    grep -a "e2e-$1-" "$CTD_LOG" 2>/dev/null | tail -n 12 | cut -c1-300 | sed 's/^/NOTE: containerd: /'
+}
 # Waits a little (shims exit asynchronously after the last delete), then
 # prints what is still there.
 leftovers_after_test() {  # TEST
@@ -283,6 +296,7 @@ run_test() {  # NAME [TIMEOUT]
     fi
     if [ -n "$left" ]; then
         reason="${reason:+$reason; }left behind: $(_one_line $left)"
+        _shim_diagnosis "$name" >>"$out" 2>&1
         _bounded 120 _force_clean </dev/null >/dev/null 2>&1
     fi
     if ! _containerd_answers; then
@@ -293,7 +307,7 @@ run_test() {  # NAME [TIMEOUT]
         fail "$name" "$reason"
         _failed=$((_failed + 1))
         # The test's own output, for diagnosis.
-        grep -v '^FAILREASON: ' "$out" | tail -n 15 | sed 's/^NOTE: //; s/^/    /'
+        grep -v '^FAILREASON: ' "$out" | tail -n 40 | sed 's/^NOTE: //; s/^/    /'
         if [ -n "$_ctd_wedged" ]; then
             echo "    the end of containerd's log:"
             tail -n 10 "$CTD_LOG" | sed 's/^/    /'

@@ -26,9 +26,21 @@ emulator_flake() {  # output-file
     grep -m1 -o 'guest triple-faulted[^;]*' "$1"
 }
 
+# One line on what the suites so far left in use: memory (the test host's
+# files are all in RAM) and processes; for telling a slow or starved test
+# host from a failing runtime when a late suite fails.
+resources() {
+    local avail files procs
+    avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+    files=$(df -k --output=used /tmp /run /var/lib/containerd 2>/dev/null | awk 'NR > 1 { s += $1 } END { print int(s / 1024) }')
+    procs=$(ls -d /proc/[0-9]* | wc -l)
+    echo "resources before $1: ${avail} MiB available, ${files} MiB in /tmp, /run and /var/lib/containerd, $procs processes, load $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 suite() {
     local name=$1; shift
     local out rc attempt evidence
+    resources "$name"
     out=$(mktemp /tmp/palisade-suite.XXXXXX)
     for attempt in 1 2; do
         "$@" 2>&1 | tee "$out" | sed -u "s/^/[$name] /"

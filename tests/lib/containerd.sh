@@ -33,7 +33,9 @@
 # run; the prefix defaults to palisade-e2e), CTD_START_TIMEOUT (seconds,
 # default 60), CTD_LOG_LEVEL (default info), CTD_CRI=1, CTD_CRI_CONFIG_PATH
 # (the palisade runtime entry's ConfigPath, default
-# /etc/palisade/configuration.toml).
+# /etc/palisade/configuration.toml), CTD_KEEP_LOG=DIR (containerd's log,
+# with every shim's and VMM's lines, is copied there when it stops; in the
+# test host, use a directory under PALISADE_TESTHOST_OUT).
 #
 # Must be called from the test script itself, not in a $(...) subshell:
 # containerd dies with the shell that started it.
@@ -331,6 +333,10 @@ containerd_stop() {
         kill -KILL "$CTD_PID" 2>/dev/null
     fi
     [ -n "${CTD_PID:-}" ] && wait "$CTD_PID" 2>/dev/null
+    if [ -n "${CTD_KEEP_LOG:-}" ]; then
+        mkdir -p "$CTD_KEEP_LOG" && cp "$CTD_LOG" "$CTD_KEEP_LOG/containerd-$CTD_NS.log" ||
+            _ctd_err "cannot keep the log in $CTD_KEEP_LOG (CTD_KEEP_LOG)"
+    fi
     # 2. Whatever survived: shims and everything under them.
     pids=$(containerd_shim_pids)
     if [ -n "$pids" ]; then
