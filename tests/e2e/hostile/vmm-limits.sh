@@ -85,6 +85,8 @@ t_console_flood() {
             last_ino=$ino
         fi
         grep -qa FLOOD-END "$log" "$rotated" 2>/dev/null && break
+        [ "$(task_status "$pod")" = RUNNING ] ||
+            bad "the pod died during the flood (task '$(task_status "$pod")'): $(grep -a "$pod" "$CTD_LOG" | grep -a -i -e 'VMM' -e 'guest' | tail -n 3 | cut -c1-300 | tr '\n' ' ')"
         [ $SECONDS -lt $end ] || bad "the flood did not end within $((VMM_LIMITS_FLOOD_SECS + 120))s (its tty: $(exec_ --exec-id "f$RANDOM" "$pod" cat /flood.log 2>&1))"
         sleep 1
     done
