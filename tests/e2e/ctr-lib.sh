@@ -211,9 +211,11 @@ _shim_diagnosis() {  # TEST
     grep -a "e2e-$1-" "$CTD_LOG" 2>/dev/null | tail -n 12 | cut -c1-300 | sed 's/^/NOTE: containerd: /'
 }
 # Waits a little (shims exit asynchronously after the last delete), then
-# prints what is still there.
+# prints what is still there. A palisade shim may take the guest's 5 s to
+# power off plus the VMM's 2 s kill grace, and in the nested test host
+# containerd's own steps take seconds more: 30 s.
 leftovers_after_test() {  # TEST
-    wait_until 10 _clean "$1" || _leftovers_now "$1"
+    wait_until 30 _clean "$1" || _leftovers_now "$1"
 }
 # Removes whatever a failed test left, so that the next test starts clean.
 _force_clean() {
