@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The end-to-end suites that boot real guests, one after the other in one
-# KVM environment (run through tests/lib/with-kvm, so inside one nested test
-# host when this machine's /dev/kvm is not hardware KVM: its boot is paid
-# once). Each suite prints PASS/FAIL lines; a suite that dies without
-# reporting is a FAIL of its own.
+# The end-to-end suites that boot real guests (all, or those named), one
+# after the other in one KVM environment (run through tests/lib/with-kvm,
+# so inside a nested test host when this machine's /dev/kvm is not
+# hardware KVM; tests/e2e/run gives each suite a test host of its own).
+# Each suite prints PASS/FAIL lines; a suite that dies without reporting
+# is a FAIL of its own.
 #
 # A suite's lines are shown live, prefixed with its name; its verdict lines
 # (PASS/FAIL, the ones that count) are printed again, bare, when it ends.
@@ -37,9 +38,23 @@ resources() {
     echo "resources before $1: ${avail} MiB available, ${files} MiB in /tmp, /run and /var/lib/containerd, $procs processes, load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
+# `in-kvm.sh [--list | SUITE...]`: the suites named (all by default);
+# tests/e2e/run runs each in a test host of its own.
+all_suites=(boot-in-kvm ctr-run-runc-cgroup-v2 ctr-run-palisade ctr-palisade containers-in-vm hostile-guest)
+if [ "${1:-}" = --list ]; then
+    printf '%s\n' "${all_suites[@]}"
+    exit 0
+fi
+wanted=("$@")
+[ $# -gt 0 ] || wanted=("${all_suites[@]}")
+for w in "${wanted[@]}"; do
+    [[ " ${all_suites[*]} " == *" $w "* ]] || { echo "FAIL in-kvm: no suite $w (there are: ${all_suites[*]})"; exit 2; }
+done
+
 suite() {
     local name=$1; shift
     local out rc attempt evidence
+    [[ " ${wanted[*]} " == *" $name "* ]] || return 0
     resources "$name"
     out=$(mktemp /tmp/palisade-suite.XXXXXX)
     for attempt in 1 2; do
