@@ -8,7 +8,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -63,6 +63,25 @@ pub enum ActivateError {
     BadQueue(usize),
     #[error("the driver set up {got} queues, the device needs {want}")]
     QueueCount { got: usize, want: usize },
+}
+
+/// What every device checks first on activation: the driver set up
+/// exactly `want` queues, each ready and with its rings in guest memory.
+pub fn check_queues(
+    queues: &[Queue],
+    mem: &GuestMemoryMmap,
+    want: usize,
+) -> Result<(), ActivateError> {
+    if queues.len() != want {
+        return Err(ActivateError::QueueCount {
+            got: queues.len(),
+            want,
+        });
+    }
+    match queues.iter().position(|q| !q.is_valid(mem)) {
+        Some(i) => Err(ActivateError::BadQueue(i)),
+        None => Ok(()),
+    }
 }
 
 /// Copies the window `offset..offset + data.len()` of a device's config

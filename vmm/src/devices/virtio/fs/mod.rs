@@ -289,15 +289,7 @@ impl VirtioDevice for VirtioFs {
         _features: u64,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: QUEUE_SIZES.len(),
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::BadQueue(i));
-        }
+        super::check_queues(&queues, &mem, QUEUE_SIZES.len())?;
         self.active = Some(Active {
             mem,
             queues,

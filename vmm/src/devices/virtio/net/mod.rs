@@ -284,15 +284,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         features: u64,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 2,
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::BadQueue(i));
-        }
+        super::check_queues(&queues, &mem, 2)?;
         self.offloads_wanted = Some(tun_offloads(features));
         self.active = Some(Active {
             mem,

@@ -214,15 +214,7 @@ impl VirtioDevice for Vsock {
         _features: u64,
         interrupt: Interrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 3,
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::BadQueue(i));
-        }
+        super::check_queues(&queues, &mem, 3)?;
         self.active = Some(Active {
             mem,
             queues,
