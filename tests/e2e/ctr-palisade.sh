@@ -33,6 +33,12 @@ our_vmm_pids() {
     done
 }
 _count() { [ -z "$1" ] && echo 0 || wc -l <<<"$1"; }
+# Sets VMM to the one VMM process of the test's single pod (fails if there
+# is not exactly one); not in a $(...), where `bad` could not end the test.
+_the_pods_vmm() {
+    VMM=$(our_vmm_pids)
+    [ "$(_count "$VMM")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $VMM)"
+}
 
 # The guest runs palisade's own kernel, not the host's.
 t_guest_kernel() {
@@ -104,8 +110,8 @@ t_task_pids_are_the_vmm() {
     c2=$(tid 2)
     _run_in_pod "$pod" "$pod" sleep 1000
     _run_in_pod "$c2" "$pod" sleep 1000
-    vmm=$(our_vmm_pids)
-    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    _the_pods_vmm
+    vmm=$VMM
     p1=$(task_pid "$pod")
     p2=$(task_pid "$c2")
     [ "$p1" = "$vmm" ] && [ "$p2" = "$vmm" ] || bad "task pids are $p1 and $p2; the pod's VMM is $vmm"
@@ -134,8 +140,8 @@ t_vmm_kill_ends_tasks() {
         "$BUSYBOX_IMAGE" "$c2" sleep 1000 >"$E2E_TMP/$TEST.fg" 2>&1 &
     fg=$!
     wait_status "$c2" RUNNING
-    vmm=$(our_vmm_pids)
-    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    _the_pods_vmm
+    vmm=$VMM
     kill -KILL "$vmm"
     wait_until "$CT" _status_is "$pod" STOPPED || bad "the sandbox container is '$(task_status "$pod")' ${CT}s after its VMM was killed"
     # The foreground ctr run returns when its task exits (and deletes the
@@ -160,8 +166,8 @@ t_sigkill_unresponsive_guest() {
     c2=$(tid 2)
     _run_in_pod "$pod" "$pod" sleep 1000
     _run_in_pod "$c2" "$pod" sleep 1000
-    vmm=$(our_vmm_pids)
-    [ "$(_count "$vmm")" -eq 1 ] || bad "want 1 VMM process for the pod, found: $(echo $vmm)"
+    _the_pods_vmm
+    vmm=$VMM
     kill -STOP "$vmm"
     t0=$SECONDS
     ctr_ task kill -s SIGKILL "$c2" >"$E2E_TMP/$TEST.kill" 2>&1 ||
